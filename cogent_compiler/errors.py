@@ -1,0 +1,65 @@
+"""The error hierarchy: one root, one subclass per stage.
+
+Every message names the thing at fault (file, layer, op, tensor), the expected
+and the actual value, and what to do; the CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CogentError",
+    "FrontendError",
+    "IRError",
+    "PassError",
+    "IllegalPlanError",
+    "PlanError",
+    "BackendError",
+    "BundleError",
+    "RuntimeFailure",
+    "ProtocolError",
+    "TamperedBundleError",
+]
+
+
+class CogentError(Exception):
+    """Root of every error Cogent raises on purpose."""
+
+
+class FrontendError(CogentError):
+    """A model file or factory could not be loaded or traced."""
+
+
+class IRError(CogentError):
+    """The graph IR is malformed (a verifier failure)."""
+
+
+class PassError(CogentError):
+    """A pass could not be applied."""
+
+
+class IllegalPlanError(PassError):
+    """A plan's decision is invalid for the graph (unknown group, bad ratio, bad cut)."""
+
+
+class PlanError(CogentError):
+    """Planning failed (no valid cut, bad conditions)."""
+
+
+class BackendError(CogentError):
+    """Lowering or compiling a subgraph failed."""
+
+
+class BundleError(CogentError):
+    """Writing a bundle failed."""
+
+
+class RuntimeFailure(CogentError):
+    """The device or edge runtime failed."""
+
+
+class ProtocolError(RuntimeFailure):
+    """A malformed frame arrived on the wire."""
+
+
+class TamperedBundleError(RuntimeFailure):
+    """A bundle file's sha256 does not match its manifest."""
