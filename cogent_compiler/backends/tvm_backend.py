@@ -1,0 +1,130 @@
+"""Lower a (sub)program to a TVM Relax executable for a target.
+
+Import: torch ``ExportedProgram`` through ``from_exported_program``, ONNX
+through ``from_onnx``; parameters are kept as inputs and detached, so the
+artifact is the code (``model.so``) plus the weights (``params.npz``, plain
+arrays, no pickle).  Compile: ``tvm.compile`` with TVM's default pipeline for
+the target (dlight schedules on CUDA).  Link: the host compiler, or a cross
+compiler for ``arm``; CUDA kernels go through ``nvcc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cogent_compiler.backends.targets import TargetSpec
+from cogent_compiler.errors import BackendError
+
+__all__ = ["CompiledModule", "compile_program", "LIBRARY_NAME", "PARAMS_NAME"]
+
+log = logging.getLogger(__name__)
+
+LIBRARY_NAME = "model.so"
+PARAMS_NAME = "params.npz"
+
+
+@dataclass(frozen=True)
+class CompiledModule:
+    """Files written by ``compile_program`` (names relative to its ``out_dir``)."""
+
+    library: str
+    params: str | None
+    num_params: int
+    compile_s: float
+
+
+def _import(program: Any, kind: str) -> Any:
+    if kind == "torch":
+        from tvm.relax.frontend.torch import from_exported_program
+
+        return from_exported_program(program, keep_params_as_input=True)
+    if kind == "onnx":
+        from tvm.relax.frontend.onnx import from_onnx
+
+        return from_onnx(program, keep_params_in_input=True)
+    raise BackendError(f"cannot lower a {kind!r} program; expected torch or onnx")
+
+
+@contextlib.contextmanager
+def _cuda_compiler(target: TargetSpec) -> Iterator[None]:
+    """Compile CUDA kernels with nvcc (fatbin with PTX for newer GPUs) rather than NVRTC."""
+    if target.kind != "cuda":
+        yield
+        return
+    if shutil.which("nvcc") is None:
+        raise BackendError("target cuda needs nvcc on the PATH to compile kernels; install the CUDA toolkit or choose --target ...,llvm")
+    old = os.environ.get("TVM_CUDA_COMPILE_MODE")
+    os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TVM_CUDA_COMPILE_MODE", None)
+        else:
+            os.environ["TVM_CUDA_COMPILE_MODE"] = old
+
+
+def compile_program(program: Any, kind: str, target: TargetSpec, out_dir: Path, *, name: str = "model") -> CompiledModule:
+    """Compile ``program`` for ``target`` into ``out_dir/model.so`` and ``out_dir/params.npz``.
+
+    The library's ``main`` takes the program's inputs followed by the
+    parameters in the order of the ``p0, p1, ...`` keys of the params file.
+    Raises ``BackendError`` with the first line of TVM's message on failure.
+    """
+    import tvm
+    from tvm import relax
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        mod = _import(program, kind)
+    except Exception as e:
+        raise BackendError(f"{name}: TVM could not import the {kind} program: {_first_line(e)}") from e
+    mod, params = relax.frontend.detach_params(mod)
+    weights = [p.numpy() for p in params.get("main", [])]
+    if target.cross_compiler and shutil.which(target.cross_compiler) is None:
+        raise BackendError(
+            f"target {target.label}: cross compiler {target.cross_compiler} not found; "
+            "install it (Debian: apt-get install g++-aarch64-linux-gnu)"
+        )
+    try:
+        with _cuda_compiler(target):
+            executable = tvm.compile(mod, target=target.tvm_target())
+    except BackendError:
+        raise
+    except Exception as e:
+        raise BackendError(f"{name}: TVM failed to compile for {target.label}: {_first_line(e)}") from e
+    lib_path = out_dir / LIBRARY_NAME
+    try:
+        if target.cross_compiler:
+            executable.export_library(str(lib_path), fcompile=tvm.support.cc.cross_compiler(target.cross_compiler))
+        else:
+            executable.export_library(str(lib_path))
+    except Exception as e:
+        raise BackendError(f"{name}: linking {lib_path.name} for {target.label} failed: {_first_line(e)}") from e
+    params_name = None
+    if weights:
+        params_name = PARAMS_NAME
+        np.savez(out_dir / PARAMS_NAME, **{f"p{i}": w for i, w in enumerate(weights)})
+    dt = time.perf_counter() - t0
+    log.info("%s: compiled for %s in %.1fs (%d parameters)", name, target.label, dt, len(weights))
+    return CompiledModule(LIBRARY_NAME, params_name, len(weights), dt)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("Traceback"):
+            return line.strip()[:300]
+    return type(e).__name__

@@ -1,0 +1,204 @@
+"""``cogentc``: the command line.
+
+    cogentc MODEL --target arm,cuda -o out/      compile into a device+edge bundle
+    cogentc inspect MODEL                        print the IR with costs
+    cogentc plan MODEL --bandwidth 20mbit        print the candidate cuts and the choice
+
+Progress goes to stderr, results to stdout (``--json`` for machines).  A
+failure prints one line naming the problem and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cogent_compiler.errors import CogentError
+
+__all__ = ["main"]
+
+COMMANDS = ("compile", "inspect", "plan")
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a .pt2 (torch.export.save), package.module:factory, TorchScript .pt, .onnx, or a pickled nn.Module with --trust-pickle")
+    p.add_argument("--input-shape", metavar="N,C,H,W", help="input shape for factories, TorchScript and pickles, e.g. 1,3,224,224")
+    p.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled nn.Module: this RUNS CODE from the file; use only for files you trust")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details on stderr")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on failure")
+
+
+def _add_plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="llvm,llvm", metavar="DEVICE,EDGE", help="device target then edge target: llvm, arm, cuda[:sm_XX] (default llvm,llvm)")
+    p.add_argument("--bandwidth", default="20mbit", help="link bandwidth, e.g. 20mbit, 500kbit (default 20mbit)")
+    p.add_argument("--rtt", default="10ms", help="link round-trip time, e.g. 10ms (default 10ms)")
+    p.add_argument("--device-gmacs", type=float, metavar="G", help="device throughput in GMAC/s for the estimate (default per target: arm 2, llvm 10)")
+    p.add_argument("--edge-gmacs", type=float, metavar="G", help="edge throughput in GMAC/s for the estimate (default per target: llvm 10, cuda 500)")
+    p.add_argument("--planner", default="single-cut", choices=("single-cut", "device", "edge"), help="how to choose the cut (default single-cut)")
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    if command == "inspect":
+        p = argparse.ArgumentParser(prog="cogentc inspect", description="Print a model's graph IR: every op with shapes, MACs, parameter and output bytes, and totals.")
+        _add_model_args(p)
+        p.add_argument("--limit", type=int, help="print at most this many rows")
+        return p
+    if command == "plan":
+        p = argparse.ArgumentParser(prog="cogentc plan", description="Score every single-tensor cut with the latency model and print them beside device-only and edge-only.")
+        _add_model_args(p)
+        _add_plan_args(p)
+        return p
+    p = argparse.ArgumentParser(
+        prog="cogentc",
+        description="Compile a model into a device half and an edge half that run together over a network.",
+        epilog="other commands: cogentc inspect MODEL, cogentc plan MODEL (each has --help)",
+    )
+    _add_model_args(p)
+    _add_plan_args(p)
+    p.add_argument("-o", "--output", default="out", metavar="DIR", help="bundle folder to write (default out/)")
+    p.add_argument("--base-image", default="python:3.11-slim", help="default base image in the Dockerfiles (a build ARG; default python:3.11-slim)")
+    p.add_argument("--no-fold-batch-norm", action="store_true", help="keep batch norm as separate ops")
+    return p
+
+
+class _Progress:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+
+    def __call__(self, stage: str, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self.t0:6.1f}s] {stage}: {msg}", file=sys.stderr, flush=True)
+
+
+def _load(args: argparse.Namespace, say: _Progress) -> Any:
+    from cogent_compiler.frontend import load_model, parse_shape, trace
+
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    model = load_model(args.model, input_shape=shape, trust_pickle=args.trust_pickle)
+    say("load", f"{model.source} ({model.kind})")
+    graph = trace(model)
+    say("trace", f"{len(graph.nodes)} ops, {graph.total_macs / 1e9:.3f} GMAC")
+    return graph
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from cogent_compiler.cost import parse_bandwidth, parse_duration
+    from cogent_compiler.driver import CompileOptions
+
+    parts = [t for t in args.target.split(",") if t.strip()]
+    if len(parts) != 2:
+        raise CogentError(f"--target {args.target!r}: give two targets, device then edge, e.g. --target arm,cuda")
+    from cogent_compiler.backends import resolve_target
+
+    for t in parts:
+        resolve_target(t)
+    extra = {}
+    if hasattr(args, "output"):
+        extra = {"base_image": args.base_image, "fold_batch_norm": not args.no_fold_batch_norm}
+    return CompileOptions(
+        device_target=parts[0].strip(),
+        edge_target=parts[1].strip(),
+        bandwidth_bps=parse_bandwidth(args.bandwidth),
+        rtt_s=parse_duration(args.rtt),
+        device_gmacs=args.device_gmacs,
+        edge_gmacs=args.edge_gmacs,
+        planner=args.planner,
+        **extra,
+    )
+
+
+def _cmd_inspect(args: argparse.Namespace, say: _Progress) -> int:
+    from cogent_compiler.ir import format_summary, format_table
+
+    graph = _load(args, say)
+    if args.json:
+        print(json.dumps(format_summary(graph), indent=2))
+    else:
+        print(format_table(graph, limit=args.limit))
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace, say: _Progress) -> int:
+    from cogent_compiler.backends import resolve_target
+    from cogent_compiler.driver import choose_plan, latency_model_for
+    from cogent_compiler.passes import FoldBatchNorm
+
+    options = _options(args)
+    graph = FoldBatchNorm()(_load(args, say))
+    model = latency_model_for(resolve_target(options.device_target), resolve_target(options.edge_target), options)
+    report = choose_plan(graph, model, options.planner)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    rows = [*report.baselines.values(), *report.candidates]
+    print(f"{'plan':<36} {'device ms':>10} {'transfer ms':>12} {'edge ms':>10} {'total ms':>10}")
+    for p in rows:
+        mark = "  <- chosen" if p.cut == report.chosen.cut else ""
+        lat = p.predicted
+        print(f"{p.name[:36]:<36} {lat.device_ms:>10.2f} {lat.transfer_ms:>12.2f} {lat.edge_ms:>10.2f} {lat.total_ms:>10.2f}{mark}")
+    sp = ", ".join(f"{k} {v:.2f}x" for k, v in report.speedups().items())
+    print(f"predicted speedup of the chosen plan: {sp} (latency model: {model.device.source} throughputs)")
+    return 0
+
+
+def _cmd_compile(args: argparse.Namespace, say: _Progress) -> int:
+    from cogent_compiler.driver import compile
+
+    options = _options(args)
+    graph = _load(args, say)
+    result = compile(graph, args.output, options, progress=say)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        c = result.report.chosen
+        sp = ", ".join(f"{k} {v:.2f}x" for k, v in result.report.speedups().items())
+        print(f"{result.out_dir}: cut at {', '.join(c.cut)}; predicted {c.predicted.total_ms:.1f} ms; speedup vs {sp}")
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, _Progress], int]] = {
+    "compile": _cmd_compile,
+    "inspect": _cmd_inspect,
+    "plan": _cmd_plan,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else "compile"
+    if argv and argv[0] in COMMANDS:
+        argv = argv[1:]
+    args = _parser(command).parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    say = _Progress(args.quiet or args.json)
+    try:
+        return _COMMANDS[command](args, say)
+    except CogentError as e:
+        if args.debug:
+            raise
+        print(f"cogentc: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("cogentc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in cogentc or an unwrapped library error: still one line
+        if args.debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"cogentc: internal error: {type(e).__name__}: {first} (re-run with --debug for the traceback, and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

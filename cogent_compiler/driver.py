@@ -1,0 +1,183 @@
+"""The whole compile: trace, fold, plan, split, lower both halves, write the bundle.
+
+``compile`` is what ``cogentc MODEL -o out/`` runs; each stage is also usable
+on its own through the package's API.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cogent_compiler.backends.targets import TargetSpec, resolve_target
+from cogent_compiler.cost.latency import DEFAULT_GMACS, ComputeModel, LatencyModel, Link
+from cogent_compiler.errors import BundleError, PlanError
+from cogent_compiler.ir import Graph
+from cogent_compiler.passes import FoldBatchNorm, PassManager, partition_at, split_program
+from cogent_compiler.policy import PlanReport, baseline_plans, plan_single_cut
+from cogent_compiler.runtime.manifest import Manifest
+
+__all__ = ["CompileOptions", "CompileResult", "choose_plan", "compile", "latency_model_for", "PLANNERS"]
+
+log = logging.getLogger(__name__)
+
+PLANNERS = ("single-cut", "device", "edge")
+Progress = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything ``compile`` needs besides the model.  Bandwidth in bit/s, RTT in s."""
+
+    device_target: str = "llvm"
+    edge_target: str = "llvm"
+    bandwidth_bps: float = 20e6
+    rtt_s: float = 0.010
+    device_gmacs: float | None = None
+    edge_gmacs: float | None = None
+    planner: str = "single-cut"
+    base_image: str = "python:3.11-slim"
+    fold_batch_norm: bool = True
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    out_dir: Path
+    graph: Graph
+    report: PlanReport
+    device: Manifest
+    edge: Manifest
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out_dir),
+            "model": self.graph.name,
+            "plan": self.report.to_json()["chosen"],
+            "baselines": {k: v.to_json() for k, v in self.report.baselines.items()},
+            "speedup_predicted": self.report.speedups(),
+            "device_bundle": str(self.out_dir / "device"),
+            "edge_bundle": str(self.out_dir / "edge"),
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+def latency_model_for(device: TargetSpec, edge: TargetSpec, options: CompileOptions) -> LatencyModel:
+    """The flags-only latency model: user throughputs, or labelled defaults per target kind."""
+    def compute(role: str, t: TargetSpec, given: float | None) -> ComputeModel:
+        if given is not None:
+            return ComputeModel(f"{role}:{t.label}", given, source="flag")
+        return ComputeModel(f"{role}:{t.label}", DEFAULT_GMACS[t.kind], source="default estimate")
+
+    return LatencyModel(
+        device=compute("device", device, options.device_gmacs),
+        edge=compute("edge", edge, options.edge_gmacs),
+        link=Link(options.bandwidth_bps, options.rtt_s),
+    )
+
+
+def choose_plan(graph: Graph, model: LatencyModel, planner: str) -> PlanReport:
+    if planner == "single-cut":
+        return plan_single_cut(graph, model)
+    if planner in ("device", "edge"):
+        base = baseline_plans(graph, model)
+        chosen = base[f"{planner}_only"]
+        return PlanReport(graph.name, chosen, base, (), model.to_json())
+    raise PlanError(f"planner {planner!r} is unknown; use one of {', '.join(PLANNERS)}")
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to overwrite a folder that is neither empty nor a previous bundle."""
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out}: exists and is not a folder; choose another -o")
+    if out.is_dir() and any(out.iterdir()) and not (out / "plan.json").is_file():
+        raise BundleError(f"{out}: folder is not empty and holds no earlier bundle; choose an empty or new -o folder")
+
+
+def compile(graph: Graph, out_dir: str | Path, options: CompileOptions | None = None, progress: Progress | None = None) -> CompileResult:
+    """Compile a traced model into a bundle at ``out_dir``.
+
+    ``out_dir`` is replaced only once everything compiled: the bundle is built
+    in a sibling temporary folder first, so a failure never leaves a half-written
+    bundle or destroys the previous one.
+    """
+    from cogent_compiler.backends.tvm_backend import compile_program
+    from cogent_compiler.bundle import write_compose, write_half
+
+    options = options or CompileOptions()
+    say: Progress = progress or (lambda stage, msg: log.info("%s: %s", stage, msg))
+    timings: dict[str, float] = {}
+    device_t = resolve_target(options.device_target)
+    edge_t = resolve_target(options.edge_target)
+    out = Path(out_dir)
+    _check_replaceable(out)
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+
+    t = time.perf_counter()
+    if options.fold_batch_norm:
+        before = sum(1 for n in graph.nodes if n.op == "batch_norm")
+        graph = PassManager([FoldBatchNorm()]).run(graph).graph
+        after = sum(1 for n in graph.nodes if n.op == "batch_norm")
+        say("fold", f"folded {before - after} batch norms into convolutions")
+    timings["fold"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    lat = latency_model_for(device_t, edge_t, options)
+    report = choose_plan(graph, lat, options.planner)
+    c = report.chosen
+    say("plan", f"{options.planner}: cut at {', '.join(c.cut)} — predicted {c.predicted.total_ms:.1f} ms "
+        f"(device {c.predicted.device_ms:.1f} + transfer {c.predicted.transfer_ms:.1f} + edge {c.predicted.edge_ms:.1f})")
+    timings["plan"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    part = partition_at(graph, c.cut)
+    split = split_program(part)
+    say("split", f"head {len(part.head_nodes)} ops, tail {len(part.tail_nodes)} ops, {len(part.sent)} tensor(s) cross")
+    timings["split"] = time.perf_counter() - t
+
+    plan_json = report.to_json()["chosen"]
+    try:
+        halves = {}
+        for role, program, target in (("device", split.head, device_t), ("edge", split.tail, edge_t)):
+            t = time.perf_counter()
+            folder = staging / role
+            folder.mkdir(parents=True, exist_ok=True)
+            if program is None:
+                halves[role] = None
+                say(f"lower {role}", "nothing to run here")
+            else:
+                halves[role] = compile_program(program, split.kind, target, folder, name=f"{graph.name} {role}")
+                say(f"lower {role}", f"{target.label}: {halves[role].library} in {halves[role].compile_s:.1f}s")
+            timings[f"lower_{role}"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        head, tail = halves["device"], halves["edge"]
+        device_m = write_half(
+            staging / "device", role="device", model=graph.name, target=device_t,
+            library=head.library if head else None, params=head.params if head else None,
+            inputs=split.model_inputs, outputs=split.head_outputs if head else split.model_inputs,
+            send=[s.name for s in split.sent], model_outputs=split.model_outputs,
+            plan=plan_json, base_image=options.base_image,
+        )
+        edge_m = write_half(
+            staging / "edge", role="edge", model=graph.name, target=edge_t,
+            library=tail.library if tail else None, params=tail.params if tail else None,
+            inputs=split.sent, outputs=split.tail_outputs, plan=plan_json, base_image=options.base_image,
+        )
+        write_compose(staging, model=graph.name, edge_device=edge_t.device, base_image=options.base_image)
+        report.write(staging / "plan.json")
+        timings["bundle"] = time.perf_counter() - t
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say("bundle", f"wrote {out}/device, {out}/edge, compose.yaml, plan.json")
+    return CompileResult(out, graph, report, device_m, edge_m, timings)
