@@ -45,6 +45,7 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-gmacs", type=float, metavar="G", help="device throughput in GMAC/s for the estimate (default per target: arm 2, llvm 10)")
     p.add_argument("--edge-gmacs", type=float, metavar="G", help="edge throughput in GMAC/s for the estimate (default per target: llvm 10, cuda 500)")
     p.add_argument("--planner", default="single-cut", choices=("single-cut", "device", "edge"), help="how to choose the cut (default single-cut)")
+    p.add_argument("--cut", metavar="TENSOR[,TENSOR...]", help="force this cut (tensor names from `cogentc inspect`) instead of planning")
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -114,6 +115,7 @@ def _options(args: argparse.Namespace) -> Any:
         device_gmacs=args.device_gmacs,
         edge_gmacs=args.edge_gmacs,
         planner=args.planner,
+        cut=tuple(t.strip() for t in args.cut.split(",") if t.strip()) if args.cut else (),
         **extra,
     )
 
@@ -137,7 +139,7 @@ def _cmd_plan(args: argparse.Namespace, say: _Progress) -> int:
     options = _options(args)
     graph = FoldBatchNorm()(_load(args, say))
     model = latency_model_for(resolve_target(options.device_target), resolve_target(options.edge_target), options)
-    report = choose_plan(graph, model, options.planner)
+    report = choose_plan(graph, model, options.planner, options.cut)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return 0

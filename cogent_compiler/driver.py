@@ -19,7 +19,7 @@ from cogent_compiler.cost.latency import DEFAULT_GMACS, ComputeModel, LatencyMod
 from cogent_compiler.errors import BundleError, PlanError
 from cogent_compiler.ir import Graph
 from cogent_compiler.passes import FoldBatchNorm, PassManager, partition_at, split_program
-from cogent_compiler.policy import PlanReport, baseline_plans, plan_single_cut
+from cogent_compiler.policy import Plan, PlanReport, baseline_plans, plan_single_cut
 from cogent_compiler.runtime.manifest import Manifest
 
 __all__ = ["CompileOptions", "CompileResult", "choose_plan", "compile", "latency_model_for", "PLANNERS"]
@@ -41,6 +41,7 @@ class CompileOptions:
     device_gmacs: float | None = None
     edge_gmacs: float | None = None
     planner: str = "single-cut"
+    cut: tuple[str, ...] = ()
     base_image: str = "python:3.11-slim"
     fold_batch_norm: bool = True
 
@@ -81,7 +82,12 @@ def latency_model_for(device: TargetSpec, edge: TargetSpec, options: CompileOpti
     )
 
 
-def choose_plan(graph: Graph, model: LatencyModel, planner: str) -> PlanReport:
+def choose_plan(graph: Graph, model: LatencyModel, planner: str, cut: tuple[str, ...] = ()) -> PlanReport:
+    """Run ``planner``; a non-empty ``cut`` overrides it with that cut (scored the same way)."""
+    if cut:
+        base = baseline_plans(graph, model)
+        chosen = Plan("manual", tuple(cut), model.estimate(partition_at(graph, cut)))
+        return PlanReport(graph.name, chosen, base, (), model.to_json())
     if planner == "single-cut":
         return plan_single_cut(graph, model)
     if planner in ("device", "edge"):
@@ -129,9 +135,9 @@ def compile(graph: Graph, out_dir: str | Path, options: CompileOptions | None = 
 
     t = time.perf_counter()
     lat = latency_model_for(device_t, edge_t, options)
-    report = choose_plan(graph, lat, options.planner)
+    report = choose_plan(graph, lat, options.planner, options.cut)
     c = report.chosen
-    say("plan", f"{options.planner}: cut at {', '.join(c.cut)} — predicted {c.predicted.total_ms:.1f} ms "
+    say("plan", f"{c.name if options.cut else options.planner}: cut at {', '.join(c.cut)} — predicted {c.predicted.total_ms:.1f} ms "
         f"(device {c.predicted.device_ms:.1f} + transfer {c.predicted.transfer_ms:.1f} + edge {c.predicted.edge_ms:.1f})")
     timings["plan"] = time.perf_counter() - t
 

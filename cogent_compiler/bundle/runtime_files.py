@@ -19,6 +19,7 @@ downloaded once into a cache with ``pip download``.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import os
 import platform
@@ -48,7 +49,6 @@ _EXCLUDE = [
     "tvm_ffi/src/*",
     "tvm_ffi/3rdparty/*",
     "tvm_ffi/cython/*",
-    "tvm_ffi/lib/libtvm_ffi_testing.so",
     "tvm_ffi/*__pycache__*",
     "*.dist-info/*",
 ]
@@ -159,7 +159,8 @@ def stage_runtime(dest: Path, *, arch: str, device: str, with_tvm: bool = True) 
     _stage_cogent(dest)
     if not with_tvm:
         return
-    key = f"tvm-{metadata.version('apache-tvm')}-ffi-{metadata.version('apache-tvm-ffi')}-py{sys.version_info.major}{sys.version_info.minor}-{arch}-{device}"
+    rules = hashlib.sha256(repr((_EXCLUDE, _CUDA_ONLY)).encode()).hexdigest()[:8]
+    key = f"{rules}-tvm-{metadata.version('apache-tvm')}-ffi-{metadata.version('apache-tvm-ffi')}-py{sys.version_info.major}{sys.version_info.minor}-{arch}-{device}"
     cached = runtime_cache_dir() / "runtime" / key
     if not (cached / ".complete").exists():
         tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
