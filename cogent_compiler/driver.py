@@ -167,6 +167,7 @@ def compile(graph: Graph, out_dir: str | Path, options: CompileOptions | None = 
         device_m = write_half(
             staging / "device", role="device", model=graph.name, target=device_t,
             library=head.library if head else None, params=head.params if head else None,
+            kernels=head.kernels if head else (),
             inputs=split.model_inputs, outputs=split.head_outputs if head else split.model_inputs,
             send=[s.name for s in split.sent], model_outputs=split.model_outputs,
             plan=plan_json, base_image=options.base_image,
@@ -174,6 +175,7 @@ def compile(graph: Graph, out_dir: str | Path, options: CompileOptions | None = 
         edge_m = write_half(
             staging / "edge", role="edge", model=graph.name, target=edge_t,
             library=tail.library if tail else None, params=tail.params if tail else None,
+            kernels=tail.kernels if tail else (),
             inputs=split.sent, outputs=split.tail_outputs, plan=plan_json, base_image=options.base_image,
         )
         write_compose(staging, model=graph.name, edge_device=edge_t.device, base_image=options.base_image)

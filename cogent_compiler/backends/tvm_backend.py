@@ -5,14 +5,13 @@ through ``from_onnx``; parameters are kept as inputs and detached, so the
 artifact is the code (``model.so``) plus the weights (``params.npz``, plain
 arrays, no pickle).  Compile: ``tvm.compile`` with TVM's default pipeline for
 the target (dlight schedules on CUDA).  Link: the host compiler, or a cross
-compiler for ``arm``; CUDA kernels go through ``nvcc``.
+compiler for ``arm``; CUDA kernels are compiled to fatbins with ``nvcc``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ class CompiledModule:
     params: str | None
     num_params: int
     compile_s: float
+    kernels: tuple[str, ...] = ()
 
 
 def _import(program: Any, kind: str) -> Any:
@@ -55,23 +55,43 @@ def _import(program: Any, kind: str) -> Any:
     raise BackendError(f"cannot lower a {kind!r} program; expected torch or onnx")
 
 
-@contextlib.contextmanager
-def _cuda_compiler(target: TargetSpec) -> Iterator[None]:
-    """Compile CUDA kernels with nvcc (fatbin with PTX for newer GPUs) rather than NVRTC."""
-    if target.kind != "cuda":
-        yield
-        return
+def _modules(mod: Any) -> Iterator[Any]:
+    yield mod
+    for m in mod.imports:
+        yield from _modules(m)
+
+
+def precompile_cuda(executable: Any, target: TargetSpec, out_dir: Path) -> tuple[str, ...]:
+    """Compile the executable's CUDA kernels to fatbins with nvcc; return their bundle paths.
+
+    TVM 0.27 stores CUDA modules as source and compiles them when the library
+    is loaded, which would need nvcc or NVRTC on the edge.  Instead each
+    source is compiled here (SASS for the target's architecture plus PTX, so
+    newer GPUs can JIT it) and saved as ``kernels/<sha256 of source>.fatbin``;
+    the runtime hands TVM the matching fatbin when it asks for a compile.
+    """
+    from tvm.support import nvcc
+
     if shutil.which("nvcc") is None:
         raise BackendError("target cuda needs nvcc on the PATH to compile kernels; install the CUDA toolkit or choose --target ...,llvm")
-    old = os.environ.get("TVM_CUDA_COMPILE_MODE")
-    os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TVM_CUDA_COMPILE_MODE", None)
-        else:
-            os.environ["TVM_CUDA_COMPILE_MODE"] = old
+    sm = str(target.tvm["arch"]).removeprefix("sm_")
+    arch = ["-gencode", f"arch=compute_{sm},code=sm_{sm}", "-gencode", f"arch=compute_{sm},code=compute_{sm}"]
+    paths = []
+    for m in _modules(executable.mod):
+        if m.kind != "cuda":
+            continue
+        code = m.inspect_source()
+        digest = hashlib.sha256(code.encode()).hexdigest()
+        try:
+            with target.tvm_target():  # nvcc's helper reads the compute version from the current target
+                fatbin = nvcc.compile_cuda(code, target_format="fatbin", arch=arch, compiler="nvcc")
+        except Exception as e:
+            raise BackendError(f"nvcc failed on the generated CUDA kernels for {target.label}: {_first_line(e)}") from e
+        rel = f"kernels/{digest}.fatbin"
+        (out_dir / "kernels").mkdir(exist_ok=True)
+        (out_dir / rel).write_bytes(bytes(fatbin))
+        paths.append(rel)
+    return tuple(paths)
 
 
 def compile_program(program: Any, kind: str, target: TargetSpec, out_dir: Path, *, name: str = "model") -> CompiledModule:
@@ -99,12 +119,10 @@ def compile_program(program: Any, kind: str, target: TargetSpec, out_dir: Path, 
             "install it (Debian: apt-get install g++-aarch64-linux-gnu)"
         )
     try:
-        with _cuda_compiler(target):
-            executable = tvm.compile(mod, target=target.tvm_target())
-    except BackendError:
-        raise
+        executable = tvm.compile(mod, target=target.tvm_target())
     except Exception as e:
         raise BackendError(f"{name}: TVM failed to compile for {target.label}: {_first_line(e)}") from e
+    kernels = precompile_cuda(executable, target, out_dir) if target.kind == "cuda" else ()
     lib_path = out_dir / LIBRARY_NAME
     try:
         if target.cross_compiler:
@@ -119,7 +137,7 @@ def compile_program(program: Any, kind: str, target: TargetSpec, out_dir: Path, 
         np.savez(out_dir / PARAMS_NAME, **{f"p{i}": w for i, w in enumerate(weights)})
     dt = time.perf_counter() - t0
     log.info("%s: compiled for %s in %.1fs (%d parameters)", name, target.label, dt, len(weights))
-    return CompiledModule(LIBRARY_NAME, params_name, len(weights), dt)
+    return CompiledModule(LIBRARY_NAME, params_name, len(weights), dt, kernels)
 
 
 def _first_line(e: BaseException) -> str:

@@ -34,7 +34,7 @@ ENV PYTHONPATH=/opt/cogent/runtime \\
 # numpy is the runtime's only third-party Python package; torch and the TVM compiler are never installed.
 RUN python3 -c "import numpy" 2>/dev/null || python3 -m pip install --no-cache-dir "numpy>=1.26,<3"
 COPY runtime/ /opt/cogent/runtime/
-COPY {files} /opt/cogent/bundle/
+COPY {files} /opt/cogent/bundle/{kernels_copy}
 {tail}"""
 
 _EDGE_TAIL = """EXPOSE {port}
@@ -58,6 +58,7 @@ def write_half(
     target: TargetSpec,
     library: str | None,
     params: str | None,
+    kernels: Sequence[str] = (),
     inputs: Sequence[TensorInfo],
     outputs: Sequence[TensorInfo],
     plan: Mapping[str, Any],
@@ -71,12 +72,12 @@ def write_half(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stage_runtime(folder / "runtime", arch=target.arch, device=target.device, with_tvm=library is not None)
-    artifact_files = [f for f in (library, params) if f]
+    artifact_files = [f for f in (library, params) if f] + list(kernels)
     manifest = Manifest(
         role=role,
         model=model,
         target=target.to_json(),
-        module=ModuleSpec(library, params) if library else None,
+        module=ModuleSpec(library, params, kernels=tuple(kernels)) if library else None,
         inputs=_specs(inputs),
         outputs=_specs(outputs),
         send=tuple(send),
@@ -93,7 +94,8 @@ def write_half(
             target=target.label,
             py=f"{sys.version_info.major}.{sys.version_info.minor}",
             base=base_image,
-            files=" ".join(["manifest.json", *artifact_files]),
+            files=" ".join(["manifest.json", *(f for f in artifact_files if "/" not in f)]),
+            kernels_copy="\nCOPY kernels/ /opt/cogent/bundle/kernels/" if kernels else "",
             tail=tail,
         )
     )

@@ -11,13 +11,14 @@ the protocol module stays usable where tvm is not installed.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -28,9 +29,35 @@ import numpy as np
 from cogent_compiler.errors import RuntimeFailure
 from cogent_compiler.runtime.manifest import Manifest, TensorSpec, load_manifest
 
-__all__ = ["Half", "import_tvm_runtime"]
+__all__ = ["Half", "import_tvm_runtime", "serve_precompiled_kernels"]
 
 log = logging.getLogger(__name__)
+
+
+def serve_precompiled_kernels(bundle: Path, kernels: tuple[str, ...]) -> Callable[..., bytes]:
+    """Answer TVM's request to compile CUDA source with the bundle's precompiled fatbin.
+
+    TVM stores CUDA kernels as source and asks the global function
+    ``tvm_callback_cuda_compile`` for binary code when the module is loaded.
+    The compiler already built a fatbin per source (named by the source's
+    sha256), so the edge needs neither nvcc nor NVRTC.  Returns the callback.
+    """
+    import tvm_ffi
+
+    table = {Path(k).stem: Path(bundle) / k for k in kernels}
+
+    def compile_from_bundle(code: str, *_: object) -> bytes:
+        digest = hashlib.sha256(code.encode()).hexdigest()
+        path = table.get(digest)
+        if path is None:
+            raise RuntimeFailure(
+                f"{bundle}: TVM asked for a CUDA kernel (source sha256 {digest[:16]}…) the bundle did not precompile; "
+                "rebuild the bundle with cogentc for this GPU"
+            )
+        return path.read_bytes()
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_from_bundle, override=True)
+    return compile_from_bundle
 
 
 def import_tvm_runtime() -> ModuleType:
@@ -151,6 +178,8 @@ class Half:
             lib_path = bundle / manifest.module.library
             if not lib_path.is_file():
                 raise RuntimeFailure(f"{lib_path}: module library missing; rebuild the bundle with cogentc")
+            if manifest.module.kernels:
+                serve_precompiled_kernels(bundle, manifest.module.kernels)
             try:
                 lib = tvm.runtime.load_module(str(lib_path))
                 half._vm = tvm.runtime.vm.VirtualMachine(lib, half._dev)

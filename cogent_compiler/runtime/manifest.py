@@ -11,7 +11,8 @@ Layout of ``manifest.json`` (format ``cogent-bundle/1``)::
       "role": "device" | "edge",
       "model": "resnet18",
       "target": {"name": "llvm", "device": "cpu"},     # device: "cpu" | "cuda"
-      "module": {"library": "model.so", "params": "params.npz", "entry": "main"} | null,
+      "module": {"library": "model.so", "params": "params.npz", "entry": "main",
+                 "kernels": ["kernels/<sha256>.fatbin"]} | null,      # kernels: CUDA only
       "inputs":  [{"name", "shape", "dtype"}],          # what this half's module reads, in order
       "outputs": [{"name", "shape", "dtype"}],          # what it returns, in order
       "send":    ["relu_3"],                            # device only: tensors sent to the edge, in edge-input order
@@ -68,9 +69,14 @@ class ModuleSpec:
     library: str
     params: str | None
     entry: str = "main"
+    #: precompiled GPU kernels (``kernels/<sha256 of the CUDA source>.fatbin``)
+    kernels: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"library": self.library, "params": self.params, "entry": self.entry}
+        d: dict[str, Any] = {"library": self.library, "params": self.params, "entry": self.entry}
+        if self.kernels:
+            d["kernels"] = list(self.kernels)
+        return d
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ class Manifest:
             role=str(d["role"]),
             model=str(d["model"]),
             target=dict(d["target"]),
-            module=None if mod is None else ModuleSpec(mod["library"], mod.get("params"), mod.get("entry", "main")),
+            module=None if mod is None else ModuleSpec(mod["library"], mod.get("params"), mod.get("entry", "main"), tuple(mod.get("kernels", ()))),
             inputs=tuple(TensorSpec.from_json(t) for t in d["inputs"]),
             outputs=tuple(TensorSpec.from_json(t) for t in d["outputs"]),
             send=tuple(d.get("send", ())),
