@@ -155,9 +155,12 @@ def _cmd_plan(args: argparse.Namespace, say: _Progress) -> int:
 
 
 def _cmd_compile(args: argparse.Namespace, say: _Progress) -> int:
-    from cogent_compiler.driver import compile
+    from pathlib import Path
+
+    from cogent_compiler.driver import check_output_folder, compile
 
     options = _options(args)
+    check_output_folder(Path(args.output))  # before any work: refuse to overwrite what is not ours
     graph = _load(args, say)
     result = compile(graph, args.output, options, progress=say)
     if args.json:

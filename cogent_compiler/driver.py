@@ -22,7 +22,7 @@ from cogent_compiler.passes import FoldBatchNorm, PassManager, partition_at, spl
 from cogent_compiler.policy import Plan, PlanReport, baseline_plans, plan_single_cut
 from cogent_compiler.runtime.manifest import Manifest
 
-__all__ = ["CompileOptions", "CompileResult", "choose_plan", "compile", "latency_model_for", "PLANNERS"]
+__all__ = ["CompileOptions", "CompileResult", "check_output_folder", "choose_plan", "compile", "latency_model_for", "PLANNERS"]
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def choose_plan(graph: Graph, model: LatencyModel, planner: str, cut: tuple[str,
     raise PlanError(f"planner {planner!r} is unknown; use one of {', '.join(PLANNERS)}")
 
 
-def _check_replaceable(out: Path) -> None:
+def check_output_folder(out: Path) -> None:
     """Refuse to overwrite a folder that is neither empty nor a previous bundle."""
     if out.exists() and not out.is_dir():
         raise BundleError(f"{out}: exists and is not a folder; choose another -o")
@@ -121,7 +121,7 @@ def compile(graph: Graph, out_dir: str | Path, options: CompileOptions | None = 
     device_t = resolve_target(options.device_target)
     edge_t = resolve_target(options.edge_target)
     out = Path(out_dir)
-    _check_replaceable(out)
+    check_output_folder(out)
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
 

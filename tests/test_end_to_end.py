@@ -126,3 +126,38 @@ def test_bundle_runs_in_an_interpreter_without_torch_or_the_tvm_compiler(resnet,
     finally:
         edge.stop()
     assert float(np.abs(np.load(y) - expected).max()) <= 1e-4
+
+
+def test_onnx_model_is_split_lowered_and_matches_onnxruntime(resnet, tmp_path):
+    import logging
+
+    import onnxruntime as ort
+
+    root, _, _ = resnet
+    torch.manual_seed(0)
+    model = _randomise_bn(torchvision.models.resnet18(weights=None)).eval()
+    x = np.load(root / "x.npy")
+    logging.disable(logging.WARNING)  # the ONNX exporter is chatty
+    try:
+        torch.onnx.export(model, (torch.from_numpy(x),), str(tmp_path / "resnet18.onnx"), dynamo=True)
+    finally:
+        logging.disable(logging.NOTSET)
+    expected = ort.InferenceSession(str(tmp_path / "resnet18.onnx")).run(None, {"x": x})[0]
+
+    plan = _cogentc("plan", "resnet18.onnx", "--json", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    candidates = [c["cut"][0] for c in json.loads(plan.stdout)["candidates"]]
+    middle = candidates[len(candidates) // 2]
+    r = _cogentc("resnet18.onnx", "-o", "out", "--cut", middle, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    edge = Edge([str(BIN / "cogent-edge"), "serve", str(tmp_path / "out" / "edge"), "--port", "0"])
+    try:
+        d = subprocess.run(
+            [str(BIN / "cogent-device"), "run", str(tmp_path / "out" / "device"), "--edge", edge.address,
+             "--input", str(root / "x.npy"), "--output", str(tmp_path / "y.npy")],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert d.returncode == 0, d.stderr
+    finally:
+        edge.stop()
+    assert float(np.abs(np.load(tmp_path / "y.npy") - expected).max()) <= 1e-4

@@ -112,7 +112,7 @@ def _stage_tvm(dest: Path, arch: str, device: str) -> None:
         _copy(_installed_files(), dest, device)
     else:
         for rel, zf, name in _wheel_files(arch):
-            if _keep(rel, device):
+            if _keep(rel, device) and not rel.endswith("/"):
                 out = dest / rel
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(zf.read(name))

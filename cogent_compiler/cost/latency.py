@@ -79,12 +79,7 @@ class Latency:
         return self.device_ms + self.transfer_ms + self.edge_ms
 
     def to_json(self) -> dict[str, float]:
-        return {
-            "device_ms": round(self.device_ms, 4),
-            "transfer_ms": round(self.transfer_ms, 4),
-            "edge_ms": round(self.edge_ms, 4),
-            "total_ms": round(self.total_ms, 4),
-        }
+        return {"device_ms": self.device_ms, "transfer_ms": self.transfer_ms, "edge_ms": self.edge_ms, "total_ms": self.total_ms}
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -156,6 +158,9 @@ def _load_factory(spec: str, input_shape: tuple[int, ...] | None) -> LoadedModel
     import torch
 
     module_name, _, attr_path = spec.partition(":")
+    # like `python -m`, a factory module in the current folder is importable
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as e:  # ImportError, or anything the module's top level raises
