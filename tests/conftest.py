@@ -10,6 +10,7 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 # tiny_models (tests/frontend) doubles as an importable factory module for the CLI tests
 sys.path.insert(0, str(TESTS / "frontend"))
+sys.path.insert(0, str(TESTS / "testbed"))  # testbed_support: skip markers shared by the testbed tests
 
 
 @pytest.fixture(scope="session")

@@ -66,10 +66,10 @@ class Measurement:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "median_ms": round(self.median_ms, 3),
-            "p95_ms": round(self.p95_ms, 3),
+            "median_ms": round(self.median_ms, 4),
+            "p95_ms": round(self.p95_ms, 4),
             "requests": len(self.runs_ms),
-            "runs_ms": [round(r, 3) for r in self.runs_ms],
+            "runs_ms": [round(r, 4) for r in self.runs_ms],
             "max_abs_error": self.max_abs_error,
             **dict(self.extra),
         }
@@ -92,6 +92,8 @@ def prepare_variants(bundle: Path, work: Path, say: Progress) -> dict[str, Path]
     src = build.get("source", {})
     if not src.get("model"):
         raise CogentError(f"{bundle}/plan.json does not say which model it was built from; rebuild the bundle with cogentc")
+    if src.get("pythonpath") and src["pythonpath"] not in sys.path:
+        sys.path.insert(0, src["pythonpath"])
     shape = parse_shape(src["input_shape"]) if src.get("input_shape") else None
     loaded = load_model(src["model"], input_shape=shape, trust_pickle=bool(src.get("trust_pickle")))
     graph = trace(loaded)
@@ -135,8 +137,30 @@ def measure_variant(tb: Testbed, bundle: Path, x: Path, y: Path, config: BenchCo
     env = {**os.environ, "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     needs_edge = bool(load_manifest(bundle / "device").send)
     edge_addr = f"{tb.edge_ip}:{DEFAULT_PORT}"
+    proxy = None
+    if needs_edge and config.rtt_s > 0:
+        # user-space added delay (this kernel has no netem): the device talks to a proxy in the edge namespace
+        proxy = subprocess.Popen(
+            tb.edge_cmd([_python(), "-m", "cogent_compiler.testbed.delay", "--listen", f"{tb.edge_ip}:{DEFAULT_PORT + 1}",
+                         "--to", edge_addr, "--rtt-ms", str(config.rtt_s * 1e3)]),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert proxy.stdout is not None
+        if "delay proxy" not in proxy.stdout.readline():
+            raise TestbedError("the delay proxy did not start")
+    try:
+        return _measure(tb, bundle, x, y, config, needs_edge, edge_addr, env,
+                        f"{tb.edge_ip}:{DEFAULT_PORT + 1}" if proxy else edge_addr)
+    finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(timeout=30)
+
+
+def _measure(tb: Testbed, bundle: Path, x: Path, y: Path, config: BenchConfig, needs_edge: bool, edge_addr: str,
+             env: Mapping[str, str], connect_addr: str) -> Measurement:
     if config.containers:
-        return _measure_containers(tb, bundle, x, y, config, needs_edge, edge_addr)
+        return _measure_containers(tb, bundle, x, y, config, needs_edge, edge_addr, connect_addr)
     edge = None
     if needs_edge:
         edge = subprocess.Popen(
@@ -148,7 +172,7 @@ def measure_variant(tb: Testbed, bundle: Path, x: Path, y: Path, config: BenchCo
             _read_ready(edge)
         cmd = [_python(), "-m", "cogent_compiler.runtime.device", "run", str(bundle / "device"), "--input", str(x), "--output", str(y), "--repeat", str(config.requests), "--json"]
         if needs_edge:
-            cmd += ["--edge", edge_addr]
+            cmd += ["--edge", connect_addr]
         report = _run_device(tb.device_cmd(cmd), env)
     finally:
         if edge is not None:
@@ -157,7 +181,8 @@ def measure_variant(tb: Testbed, bundle: Path, x: Path, y: Path, config: BenchCo
     return Measurement(tuple(report["runs_ms"]))
 
 
-def _measure_containers(tb: Testbed, bundle: Path, x: Path, y: Path, config: BenchConfig, needs_edge: bool, edge_addr: str) -> Measurement:
+def _measure_containers(tb: Testbed, bundle: Path, x: Path, y: Path, config: BenchConfig, needs_edge: bool,
+                        edge_addr: str, connect_addr: str) -> Measurement:
     from cogent_compiler.testbed import containers as ct
 
     base = ct.ensure_base_image()
@@ -181,7 +206,7 @@ def _measure_containers(tb: Testbed, bundle: Path, x: Path, y: Path, config: Ben
         args = ct.run_args(dev_tag, netns=tb.netns_path("device"), cpus=tb.device_quota, cpuset=tb.device_cpu, volumes=[(str(data), "/data")])
         args += ["--input", "/data/input.npy", "--output", "/data/output.npy", "--repeat", str(config.requests), "--json"]
         if needs_edge:
-            args += ["--edge", edge_addr]
+            args += ["--edge", connect_addr]
         r = ct.podman(*args, timeout=3600)
         report = json.loads(r.stdout.strip().splitlines()[-1])
         y.write_bytes((data / "output.npy").read_bytes())
@@ -199,7 +224,10 @@ def _measure_eager(tb: Testbed, source: Mapping[str, Any], x: Path, y: Path, con
         cmd += ["--input-shape", str(source["input_shape"])]
     if source.get("trust_pickle"):
         cmd.append("--trust-pickle")
-    report = _run_device(tb.device_cmd(cmd), {**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if source.get("pythonpath"):  # the folder a module:factory model was imported from
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (source["pythonpath"], env.get("PYTHONPATH")) if p)
+    report = _run_device(tb.device_cmd(cmd), env)
     return Measurement(tuple(report["runs_ms"]))
 
 
@@ -257,8 +285,8 @@ def bench_bundle(bundle: str | Path, config: BenchConfig, *, progress: Progress 
             "warmup": "1 request plus the runtime's load-time warm-up, not timed",
         },
         "plans": results,
-        "speedup_vs_device_eager": round(measured["device_eager"].median_ms / chosen, 4),
-        "speedups": {f"vs_{k}": round(m.median_ms / chosen, 4) for k, m in measured.items() if k != "chosen"},
+        "speedup_vs_device_eager": measured["device_eager"].median_ms / chosen,
+        "speedups": {f"vs_{k}": m.median_ms / chosen for k, m in measured.items() if k != "chosen"},
     }
 
 

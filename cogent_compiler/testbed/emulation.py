@@ -123,6 +123,7 @@ class Testbed:
     the quota cgroup from its first instruction.
     """
 
+    __test__ = False  # not a pytest test class
     _count = 0
 
     def __init__(
