@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ __all__ = ["BenchConfig", "Measurement", "bench_bundle", "prepare_variants", "me
 log = logging.getLogger(__name__)
 
 BASELINES = ("device_only", "edge_only", "single_cut")
+PLANS = ("device_eager", "chosen", *BASELINES)
 Progress = Callable[[str, str], None]
 
 
@@ -82,25 +83,31 @@ def _plan_doc(bundle: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def prepare_variants(bundle: Path, work: Path, say: Progress) -> dict[str, Path]:
-    """The bundle itself as ``chosen``, plus the baselines compiled from the same source and options."""
-    from cogent_compiler.driver import CompileOptions, compile
-    from cogent_compiler.frontend import load_model, parse_shape, trace
+def _load_source(src: Mapping[str, Any]) -> Any:
+    from cogent_compiler.frontend import load_model, parse_shape
 
-    doc = _plan_doc(bundle)
-    build = doc.get("build", {})
-    src = build.get("source", {})
     if not src.get("model"):
-        raise CogentError(f"{bundle}/plan.json does not say which model it was built from; rebuild the bundle with cogentc")
+        raise CogentError("plan.json does not say which model the bundle was built from; rebuild the bundle with cogentc")
     if src.get("pythonpath") and src["pythonpath"] not in sys.path:
         sys.path.insert(0, src["pythonpath"])
     shape = parse_shape(src["input_shape"]) if src.get("input_shape") else None
-    loaded = load_model(src["model"], input_shape=shape, trust_pickle=bool(src.get("trust_pickle")))
-    graph = trace(loaded)
+    return load_model(src["model"], input_shape=shape, trust_pickle=bool(src.get("trust_pickle")))
+
+
+def prepare_variants(bundle: Path, work: Path, say: Progress, names: Sequence[str] = BASELINES) -> dict[str, Path]:
+    """The bundle itself as ``chosen``, plus the named baselines compiled from the same source and options."""
+    from cogent_compiler.driver import CompileOptions, compile
+    from cogent_compiler.frontend import trace
+
+    build = _plan_doc(bundle).get("build", {})
+    src = build.get("source", {})
+    graph = trace(_load_source(src))
     opts = dict(build.get("options", {}))
     opts["cut"] = tuple(opts.get("cut", ()))
     variants = {"chosen": bundle}
-    for name, planner in (("device_only", "device"), ("edge_only", "edge"), ("single_cut", "single-cut")):
+    planners = {"device_only": "device", "edge_only": "edge", "single_cut": "single-cut"}
+    for name in names:
+        planner = planners[name]
         out = work / name
         options = CompileOptions(**{**opts, "planner": planner, "cut": ()})
         say("bench", f"compiling the {name} baseline")
@@ -187,7 +194,7 @@ def _measure_containers(tb: Testbed, bundle: Path, x: Path, y: Path, config: Ben
 
     base = ct.ensure_base_image()
     dev_tag = ct.build_image(bundle / "device", base_image=base)
-    sizes = {"device_image_bytes": ct.image_size(dev_tag)}
+    sizes = {"base_image_bytes": ct.image_size(base), "device_image_bytes": ct.image_size(dev_tag)}
     name = f"cgnt-edge-{id(tb) % 100000}"
     if needs_edge:
         edge_tag = ct.build_image(bundle / "edge", base_image=base)
@@ -231,13 +238,36 @@ def _measure_eager(tb: Testbed, source: Mapping[str, Any], x: Path, y: Path, con
     return Measurement(tuple(report["runs_ms"]))
 
 
-def bench_bundle(bundle: str | Path, config: BenchConfig, *, progress: Progress | None = None, work: Path | None = None) -> dict[str, Any]:
-    """Measure the bundle and its baselines; return the JSON-ready result."""
+def _reference_output(source: Mapping[str, Any], x: Path) -> np.ndarray:
+    """PyTorch eager's output on ``x``, computed here (outside the quota) to check every plan."""
+    import torch
+
+    program = _load_source(source).program
+    with torch.inference_mode():
+        y = program.module()(torch.from_numpy(np.load(x)))
+    return (y[0] if isinstance(y, (tuple, list)) else y).numpy()
+
+
+def bench_bundle(
+    bundle: str | Path,
+    config: BenchConfig,
+    *,
+    plans: Sequence[str] = PLANS,
+    progress: Progress | None = None,
+    work: Path | None = None,
+) -> dict[str, Any]:
+    """Measure the bundle (``chosen``) and the named baselines; return the JSON-ready result."""
     say: Progress = progress or (lambda s, m: log.info("%s: %s", s, m))
+    unknown = set(plans) - set(PLANS)
+    if unknown:
+        raise CogentError(f"unknown plans {sorted(unknown)}; choose from {', '.join(PLANS)}")
     bundle = Path(bundle).resolve()
     doc = _plan_doc(bundle)
     work = Path(work) if work else bundle.with_name(bundle.name + ".bench")
-    variants = prepare_variants(bundle, work, say)
+    work.mkdir(parents=True, exist_ok=True)
+    variants = prepare_variants(bundle, work, say, [p for p in BASELINES if p in plans])
+    if "chosen" not in plans:
+        del variants["chosen"]
     inputs = load_manifest(bundle / "device").inputs
     if len(inputs) != 1:
         raise CogentError(f"{bundle}: bench supports single-input models for now; this one has {len(inputs)}")
@@ -245,22 +275,24 @@ def bench_bundle(bundle: str | Path, config: BenchConfig, *, progress: Progress 
     x = work / "input.npy"
     np.save(x, rng.standard_normal(inputs[0].shape).astype(inputs[0].dtype), allow_pickle=False)
     source = doc["build"]["source"]
-    results: dict[str, Any] = {}
+    expected = _reference_output(source, x)
+    measured: dict[str, Measurement] = {}
     link = LinkSpec(config.bandwidth_bps, config.rtt_s)
     with Testbed(link, device_quota=config.device_quota, device_cpu=config.device_cpu, edge_cpu=config.edge_cpu) as tb:
         say("bench", f"testbed up: {config.bandwidth_bps / 1e6:g} Mbit/s, device quota {config.device_quota}, "
             f"{'containers' if config.containers else 'processes'}")
-        ref = work / "eager.npy"
-        eager = _measure_eager(tb, source, x, ref, config)
-        say("bench", f"device_eager: median {eager.median_ms:.1f} ms")
-        expected = np.load(ref)
-        measured = {"device_eager": eager}
+        if "device_eager" in plans:
+            y = work / "device_eager.npy"
+            eager = _measure_eager(tb, source, x, y, config)
+            measured["device_eager"] = Measurement(eager.runs_ms, float(np.abs(np.load(y) - expected).max()))
+            say("bench", f"device_eager: median {eager.median_ms:.1f} ms")
         for name, folder in variants.items():
             y = work / f"{name}.npy"
             m = measure_variant(tb, folder, x, y, config)
             err = float(np.abs(np.load(y) - expected).max())
             measured[name] = Measurement(m.runs_ms, err, m.extra)
             say("bench", f"{name}: median {m.median_ms:.1f} ms, p95 {m.p95_ms:.1f} ms (max abs error vs eager {err:.2e})")
+    results: dict[str, Any] = {}
     for name, m in measured.items():
         entry = m.to_json()
         if name != "device_eager":
@@ -268,7 +300,8 @@ def bench_bundle(bundle: str | Path, config: BenchConfig, *, progress: Progress 
             entry["cut"] = plan["cut"]
             entry["predicted_ms"] = plan["predicted"]["total_ms"]
         results[name] = entry
-    chosen = measured["chosen"].median_ms
+    chosen = measured["chosen"].median_ms if "chosen" in measured else None
+    speedups = {f"vs_{k}": m.median_ms / chosen for k, m in measured.items() if chosen and k != "chosen"}
     return {
         "format": "cogent-bench/1",
         "machine": machine_info(),
@@ -285,8 +318,8 @@ def bench_bundle(bundle: str | Path, config: BenchConfig, *, progress: Progress 
             "warmup": "1 request plus the runtime's load-time warm-up, not timed",
         },
         "plans": results,
-        "speedup_vs_device_eager": measured["device_eager"].median_ms / chosen,
-        "speedups": {f"vs_{k}": m.median_ms / chosen for k, m in measured.items() if k != "chosen"},
+        "speedup_vs_device_eager": speedups.get("vs_device_eager"),
+        "speedups": speedups,
     }
 
 
