@@ -29,6 +29,7 @@ import numpy as np
 
 from cogent_compiler.errors import ProtocolError, RuntimeFailure
 from cogent_compiler.runtime import protocol
+from cogent_compiler.runtime.cliutil import add_bundle_options
 from cogent_compiler.runtime.executor import Half
 
 __all__ = ["DeviceClient", "main", "parse_address"]
@@ -286,16 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="connect timeout in seconds (default: %(default)s)"
     )
-    r.add_argument(
-        "--no-verify", action="store_true", help="skip the sha256 check of the bundle's files (not recommended)"
-    )
-    r.add_argument(
-        "--log-level",
-        default="WARNING",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        type=str.upper,
-        help="logging verbosity on stderr (default: %(default)s)",
-    )
+    add_bundle_options(r)
     return parser
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from cogent_compiler.errors import ProtocolError, RuntimeFailure
 from cogent_compiler.runtime import protocol
+from cogent_compiler.runtime.cliutil import add_bundle_options
 from cogent_compiler.runtime.executor import Half
 
 __all__ = ["DEFAULT_PORT", "EdgeServer", "main", "serve", "serve_half"]
@@ -206,16 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("bundle", metavar="BUNDLE_DIR", help="the bundle's edge/ folder (holds manifest.json)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for all)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port, 0 picks a free one (default: %(default)s)")
-    s.add_argument(
-        "--no-verify", action="store_true", help="skip the sha256 check of the bundle's files (not recommended)"
-    )
-    s.add_argument(
-        "--log-level",
-        default="WARNING",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        type=str.upper,
-        help="logging verbosity on stderr (default: %(default)s)",
-    )
+    add_bundle_options(s)
     return parser
 
 
