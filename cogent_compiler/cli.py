@@ -22,7 +22,7 @@ from cogent_compiler.errors import CogentError
 
 __all__ = ["main"]
 
-COMMANDS = ("compile", "inspect", "plan")
+COMMANDS = ("compile", "inspect", "plan", "bench")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
@@ -54,6 +54,24 @@ def _parser(command: str) -> argparse.ArgumentParser:
         _add_model_args(p)
         p.add_argument("--limit", type=int, help="print at most this many rows")
         return p
+    if command == "bench":
+        p = argparse.ArgumentParser(
+            prog="cogentc bench",
+            description="Measure a bundle end to end on an emulated deployment (network namespaces, tbf-shaped link, "
+            "CPU-quota device; needs root) beside device-only, edge-only, best single cut and PyTorch eager.",
+        )
+        p.add_argument("bundle", help="the folder cogentc wrote with -o")
+        p.add_argument("--bandwidth", default="20mbit", help="link rate each way (default 20mbit)")
+        p.add_argument("--rtt", default="0ms", help="added round-trip time (netem is not in every kernel: a user-space proxy adds it; default 0ms)")
+        p.add_argument("--device-quota", type=float, default=0.1, help="device CPU quota as a fraction of one core (default 0.1)")
+        p.add_argument("--requests", type=int, default=30, help="timed requests per plan after warm-up (default 30)")
+        p.add_argument("--containers", action="store_true", help="run the bundle's real containers with podman instead of processes")
+        p.add_argument("-o", "--output", help="result JSON (default BUNDLE.bench/bench.json, with bench.png beside it)")
+        p.add_argument("--json", action="store_true", help="print the result JSON on stdout")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+        p.add_argument("-v", "--verbose", action="store_true", help="log details on stderr")
+        p.add_argument("--debug", action="store_true", help="show Python tracebacks on failure")
+        return p
     if command == "plan":
         p = argparse.ArgumentParser(prog="cogentc plan", description="Score every single-tensor cut with the latency model and print them beside device-only and edge-only.")
         _add_model_args(p)
@@ -69,6 +87,11 @@ def _parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out", metavar="DIR", help="bundle folder to write (default out/)")
     p.add_argument("--base-image", default="python:3.11-slim", help="default base image in the Dockerfiles (a build ARG; default python:3.11-slim)")
     p.add_argument("--no-fold-batch-norm", action="store_true", help="keep batch norm as separate ops")
+    p.add_argument(
+        "--backend", default="auto", choices=("auto", "tvm", "onnxruntime"),
+        help="runtime for each half: auto measures TVM and ONNX Runtime on this machine where both apply "
+        "(llvm) and keeps the faster; arm and cuda halves use TVM (default auto)",
+    )
     return p
 
 
@@ -106,7 +129,7 @@ def _options(args: argparse.Namespace) -> Any:
         resolve_target(t)
     extra = {}
     if hasattr(args, "output"):
-        extra = {"base_image": args.base_image, "fold_batch_norm": not args.no_fold_batch_norm}
+        extra = {"base_image": args.base_image, "fold_batch_norm": not args.no_fold_batch_norm, "backend": args.backend}
     return CompileOptions(
         device_target=parts[0].strip(),
         edge_target=parts[1].strip(),
@@ -154,6 +177,20 @@ def _cmd_plan(args: argparse.Namespace, say: _Progress) -> int:
     return 0
 
 
+def _factory_root(spec: str) -> str | None:
+    """The sys.path folder a ``module:factory`` spec was imported from, so later runs can import it again."""
+    module_name, sep, _ = spec.partition(":")
+    mod = sys.modules.get(module_name) if sep else None
+    file = getattr(mod, "__file__", None)
+    if not file:
+        return None
+    from pathlib import Path
+
+    path = Path(file).resolve()
+    depth = module_name.count(".") + (1 if path.name == "__init__.py" else 0)
+    return str(path.parents[depth])
+
+
 def _cmd_compile(args: argparse.Namespace, say: _Progress) -> int:
     from pathlib import Path
 
@@ -162,7 +199,10 @@ def _cmd_compile(args: argparse.Namespace, say: _Progress) -> int:
     options = _options(args)
     check_output_folder(Path(args.output))  # before any work: refuse to overwrite what is not ours
     graph = _load(args, say)
-    result = compile(graph, args.output, options, progress=say)
+    model = Path(args.model).resolve() if Path(args.model).exists() else args.model
+    source = {"model": str(model), "input_shape": args.input_shape, "trust_pickle": args.trust_pickle,
+              "pythonpath": _factory_root(args.model)}
+    result = compile(graph, args.output, options, progress=say, source=source)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -172,7 +212,35 @@ def _cmd_compile(args: argparse.Namespace, say: _Progress) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace, say: _Progress) -> int:
+    from pathlib import Path
+
+    from cogent_compiler.cost import parse_bandwidth, parse_duration
+    from cogent_compiler.testbed.bench import BenchConfig, bench_bundle, write_png
+
+    if args.requests < 1:
+        raise CogentError(f"--requests {args.requests}: give at least 1 (30 or more for a p95)")
+    config = BenchConfig(bandwidth_bps=parse_bandwidth(args.bandwidth), rtt_s=parse_duration(args.rtt), device_quota=args.device_quota,
+                         requests=args.requests, containers=args.containers)
+    bundle = Path(args.bundle)
+    result = bench_bundle(bundle, config, progress=say)
+    out = Path(args.output) if args.output else bundle.resolve().with_name(bundle.resolve().name + ".bench") / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_png(result, out.with_suffix(".png"))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{'plan':<14} {'median ms':>10} {'p95 ms':>10} {'predicted ms':>13}")
+        for name, p in result["plans"].items():
+            pred = f"{p['predicted_ms']:.1f}" if "predicted_ms" in p else "-"
+            print(f"{name:<14} {p['median_ms']:>10.1f} {p['p95_ms']:>10.1f} {pred:>13}")
+        print(f"speedup of the chosen plan vs device-only PyTorch eager: {result['speedup_vs_device_eager']:.2f}x; wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, _Progress], int]] = {
+    "bench": _cmd_bench,
     "compile": _cmd_compile,
     "inspect": _cmd_inspect,
     "plan": _cmd_plan,

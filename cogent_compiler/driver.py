@@ -6,10 +6,12 @@ on its own through the package's API.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ class CompileOptions:
     cut: tuple[str, ...] = ()
     base_image: str = "python:3.11-slim"
     fold_batch_norm: bool = True
+    #: ``auto`` (measure TVM and ONNX Runtime where both apply, keep the faster), ``tvm`` or ``onnxruntime``
+    backend: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class CompileResult:
     device: Manifest
     edge: Manifest
     timings: dict[str, float] = field(default_factory=dict)
+    #: per role (``device``, ``edge``): the ``BackendChoice`` as JSON, for halves that have a module
+    backends: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +71,7 @@ class CompileResult:
             "device_bundle": str(self.out_dir / "device"),
             "edge_bundle": str(self.out_dir / "edge"),
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "backends": self.backends,
         }
 
 
@@ -105,17 +112,29 @@ def check_output_folder(out: Path) -> None:
         raise BundleError(f"{out}: folder is not empty and holds no earlier bundle; choose an empty or new -o folder")
 
 
-def compile(graph: Graph, out_dir: str | Path, options: CompileOptions | None = None, progress: Progress | None = None) -> CompileResult:
+def compile(
+    graph: Graph,
+    out_dir: str | Path,
+    options: CompileOptions | None = None,
+    progress: Progress | None = None,
+    *,
+    source: Mapping[str, Any] | None = None,
+) -> CompileResult:
     """Compile a traced model into a bundle at ``out_dir``.
+
+    ``source`` says how the model was loaded (``{"model": spec, "input_shape":
+    [...], "trust_pickle": bool}``); it is recorded in ``plan.json`` with the
+    options so that ``cogentc bench`` can rebuild the baselines the same way.
 
     ``out_dir`` is replaced only once everything compiled: the bundle is built
     in a sibling temporary folder first, so a failure never leaves a half-written
     bundle or destroys the previous one.
     """
-    from cogent_compiler.backends.tvm_backend import compile_program
+    from cogent_compiler.backends.select import backend_candidates, choose_backend
     from cogent_compiler.bundle import write_compose, write_half
 
     options = options or CompileOptions()
+    candidates = backend_candidates(options.backend)
     say: Progress = progress or (lambda stage, msg: log.info("%s: %s", stage, msg))
     timings: dict[str, float] = {}
     device_t = resolve_target(options.device_target)
@@ -150,6 +169,7 @@ def compile(graph: Graph, out_dir: str | Path, options: CompileOptions | None = 
     plan_json = report.to_json()["chosen"]
     try:
         halves = {}
+        backends: dict[str, Any] = {}
         for role, program, target in (("device", split.head, device_t), ("edge", split.tail, edge_t)):
             t = time.perf_counter()
             folder = staging / role
@@ -158,8 +178,9 @@ def compile(graph: Graph, out_dir: str | Path, options: CompileOptions | None = 
                 halves[role] = None
                 say(f"lower {role}", "nothing to run here")
             else:
-                halves[role] = compile_program(program, split.kind, target, folder, name=f"{graph.name} {role}")
-                say(f"lower {role}", f"{target.label}: {halves[role].library} in {halves[role].compile_s:.1f}s")
+                halves[role], choice = choose_backend(program, split.kind, target, folder, name=f"{graph.name} {role}", candidates=candidates)
+                backends[role] = choice.to_json()
+                say(f"lower {role}", f"{target.label}: {choice.backend} ({choice.reason}) in {time.perf_counter() - t:.1f}s")
             timings[f"lower_{role}"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -167,7 +188,7 @@ def compile(graph: Graph, out_dir: str | Path, options: CompileOptions | None = 
         device_m = write_half(
             staging / "device", role="device", model=graph.name, target=device_t,
             library=head.library if head else None, params=head.params if head else None,
-            kernels=head.kernels if head else (),
+            kernels=head.kernels if head else (), backend=head.backend if head else "tvm",
             inputs=split.model_inputs, outputs=split.head_outputs if head else split.model_inputs,
             send=[s.name for s in split.sent], model_outputs=split.model_outputs,
             plan=plan_json, base_image=options.base_image,
@@ -175,11 +196,12 @@ def compile(graph: Graph, out_dir: str | Path, options: CompileOptions | None = 
         edge_m = write_half(
             staging / "edge", role="edge", model=graph.name, target=edge_t,
             library=tail.library if tail else None, params=tail.params if tail else None,
-            kernels=tail.kernels if tail else (),
+            kernels=tail.kernels if tail else (), backend=tail.backend if tail else "tvm",
             inputs=split.sent, outputs=split.tail_outputs, plan=plan_json, base_image=options.base_image,
         )
         write_compose(staging, model=graph.name, edge_device=edge_t.device, base_image=options.base_image)
-        report.write(staging / "plan.json")
+        plan_doc = {**report.to_json(), "build": {"source": dict(source or {}), "options": dataclasses.asdict(options)}}
+        (staging / "plan.json").write_text(json.dumps(plan_doc, indent=2) + "\n")
         timings["bundle"] = time.perf_counter() - t
         if out.exists():
             shutil.rmtree(out)
@@ -188,4 +210,4 @@ def compile(graph: Graph, out_dir: str | Path, options: CompileOptions | None = 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     say("bundle", f"wrote {out}/device, {out}/edge, compose.yaml, plan.json")
-    return CompileResult(out, graph, report, device_m, edge_m, timings)
+    return CompileResult(out, graph, report, device_m, edge_m, timings, backends)

@@ -1,15 +1,22 @@
-"""Stage the slim runtime a bundle carries: Cogent's runtime package and TVM's runtime.
+"""Stage the slim runtime a bundle carries: Cogent's runtime package and the module's runtime.
 
 A container built from a bundle never installs torch or the TVM compiler.  It
 gets, under ``runtime/``:
 
 * ``cogent_compiler/`` with only ``__init__.py``, ``errors.py`` and ``runtime/``;
-* ``tvm/`` without ``lib/libtvm_compiler.so`` (260 MB), headers, sources and
-  third-party trees, and ``tvm_ffi/`` without headers and sources — TVM loads
-  only ``libtvm_runtime.so`` when ``TVM_USE_RUNTIME_LIB=1``;
-* ``typing_extensions.py`` (``tvm_ffi`` needs a newer one than Debian 12 has);
-* for CUDA, ``libcudart`` beside ``libtvm_runtime_cuda.so`` (found through its
-  ``$ORIGIN`` run path); the GPU driver comes from the host.
+* for a TVM module, ``tvm/`` without ``lib/libtvm_compiler.so`` (260 MB),
+  headers, sources and third-party trees, and ``tvm_ffi/`` without headers and
+  sources — TVM loads only ``libtvm_runtime.so`` when ``TVM_USE_RUNTIME_LIB=1``;
+  ``typing_extensions.py`` (``tvm_ffi`` needs a newer one than Debian 12 has);
+  for CUDA, ``libcudart`` beside ``libtvm_runtime_cuda.so`` (found through its
+  ``$ORIGIN`` run path); the GPU driver comes from the host;
+* for an ONNX Runtime module, ``onnxruntime/`` without its ``tools``,
+  ``transformers``, ``quantization``, ``datasets`` and ``backend`` subpackages
+  (about 69 MB, nearly all ``libonnxruntime.so``).  Creating and running a CPU
+  session imports nothing but numpy and the standard library, so none of its
+  declared dependencies (flatbuffers, packaging, protobuf, sympy) is staged.
+  ONNX Runtime is staged from the installed package, so only for this
+  machine's architecture.
 
 For the host's architecture the files come from the installed packages; for
 another (``aarch64`` from an x86 build machine) from the same versions' wheels,
@@ -27,7 +34,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -53,6 +60,14 @@ _EXCLUDE = [
     "*.dist-info/*",
 ]
 _CUDA_ONLY = ["tvm/lib/libtvm_runtime_cuda.so"]
+_ORT_EXCLUDE = [
+    "onnxruntime/tools/*",
+    "onnxruntime/transformers/*",
+    "onnxruntime/quantization/*",
+    "onnxruntime/datasets/*",
+    "onnxruntime/backend/*",
+    "*__pycache__*",
+]
 
 
 def runtime_cache_dir() -> Path:
@@ -147,26 +162,61 @@ def _stage_cogent(dest: Path) -> None:
         shutil.copy2(f, pkg / "runtime" / f.name)
 
 
-def stage_runtime(dest: Path, *, arch: str, device: str, with_tvm: bool = True) -> None:
-    """Write the slim runtime for ``arch``/``device`` under ``dest``.
+def _stage_onnxruntime(dest: Path, arch: str) -> None:
+    if arch != (platform.machine() or "x86_64"):
+        raise BundleError(
+            f"ONNX Runtime for {arch} cannot be bundled from this {platform.machine()} machine; "
+            f"compile that half with --backend tvm, or build the bundle on an {arch} machine"
+        )
+    try:
+        files = metadata.files("onnxruntime") or []
+    except metadata.PackageNotFoundError as e:
+        raise BundleError("onnxruntime is not installed; install cogent's dependencies (pip install -e .) or use --backend tvm") from e
+    for f in files:
+        rel = str(f)
+        src = Path(str(f.locate()))
+        if rel.startswith("onnxruntime/") and not any(fnmatch.fnmatch(rel, pat) for pat in _ORT_EXCLUDE) and src.is_file():
+            out = dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, out)
 
-    TVM's files are staged once per (arch, device, versions) in the cache and
-    copied from there.  ``with_tvm=False`` (a half with no module) stages only
-    Cogent's runtime package.
-    """
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    _stage_cogent(dest)
-    if not with_tvm:
-        return
-    rules = hashlib.sha256(repr((_EXCLUDE, _CUDA_ONLY)).encode()).hexdigest()[:8]
-    key = f"{rules}-tvm-{metadata.version('apache-tvm')}-ffi-{metadata.version('apache-tvm-ffi')}-py{sys.version_info.major}{sys.version_info.minor}-{arch}-{device}"
+
+def _copy_cached(dest: Path, key: str, stage: Callable[[Path], None]) -> None:
+    """Stage into the cache folder ``key`` once (atomically), then copy it into ``dest``."""
     cached = runtime_cache_dir() / "runtime" / key
     if not (cached / ".complete").exists():
         tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        _stage_tvm(tmp, arch, device)
+        stage(tmp)
         (tmp / ".complete").write_text("ok\n")
         shutil.rmtree(cached, ignore_errors=True)
         tmp.rename(cached)
     shutil.copytree(cached, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".complete"))
+
+
+def stage_runtime(dest: Path, *, arch: str, device: str, with_tvm: bool = True, with_onnxruntime: bool = False) -> None:
+    """Write the slim runtime for ``arch``/``device`` under ``dest``.
+
+    The TVM runtime (``with_tvm``) and ONNX Runtime (``with_onnxruntime``, CPU
+    of this machine's architecture only) are each staged once per (arch,
+    device, versions) in the cache and copied from there.  With neither (a half
+    with no module) only Cogent's runtime package is staged.  Raises
+    ``BundleError`` when a runtime cannot be staged.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    _stage_cogent(dest)
+    py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    if with_tvm:
+        rules = hashlib.sha256(repr((_EXCLUDE, _CUDA_ONLY)).encode()).hexdigest()[:8]
+        key = f"{rules}-tvm-{metadata.version('apache-tvm')}-ffi-{metadata.version('apache-tvm-ffi')}-{py}-{arch}-{device}"
+        _copy_cached(dest, key, lambda tmp: _stage_tvm(tmp, arch, device))
+    if with_onnxruntime:
+        if device != "cpu":
+            raise BundleError(f"ONNX Runtime is bundled for CPU halves only, not {device}; compile that half with --backend tvm")
+        try:
+            version = metadata.version("onnxruntime")
+        except metadata.PackageNotFoundError as e:
+            raise BundleError("onnxruntime is not installed; install cogent's dependencies (pip install -e .) or use --backend tvm") from e
+        rules = hashlib.sha256(repr(_ORT_EXCLUDE).encode()).hexdigest()[:8]
+        _copy_cached(dest, f"{rules}-onnxruntime-{version}-{py}-{arch}", lambda tmp: _stage_onnxruntime(tmp, arch))

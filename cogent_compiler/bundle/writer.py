@@ -14,8 +14,9 @@ from typing import Any
 
 from cogent_compiler.backends.targets import TargetSpec
 from cogent_compiler.bundle.runtime_files import stage_runtime
+from cogent_compiler.errors import BundleError
 from cogent_compiler.ir import TensorInfo
-from cogent_compiler.runtime.manifest import Manifest, ModuleSpec, TensorSpec, sha256_file
+from cogent_compiler.runtime.manifest import BACKENDS, Manifest, ModuleSpec, TensorSpec, sha256_file
 from cogent_compiler.runtime.protocol import DEFAULT_PORT
 
 __all__ = ["write_half", "write_compose", "EDGE_PORT", "DEFAULT_BASE_IMAGE"]
@@ -65,19 +66,30 @@ def write_half(
     send: Sequence[str] = (),
     model_outputs: Sequence[TensorInfo] = (),
     base_image: str = DEFAULT_BASE_IMAGE,
+    backend: str = "tvm",
 ) -> Manifest:
-    """Finish one half's build context in ``folder`` (which already holds the artifact, if any)."""
+    """Finish one half's build context in ``folder`` (which already holds the artifact, if any).
+
+    ``backend`` is the runtime that loads ``library`` (``tvm`` or
+    ``onnxruntime``, see ``runtime.manifest``); only that runtime is staged.
+    """
     import sys
 
+    if backend not in BACKENDS:
+        raise BundleError(f"{folder}: backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stage_runtime(folder / "runtime", arch=target.arch, device=target.device, with_tvm=library is not None)
+    stage_runtime(
+        folder / "runtime", arch=target.arch, device=target.device,
+        with_tvm=library is not None and backend == "tvm",
+        with_onnxruntime=library is not None and backend == "onnxruntime",
+    )
     artifact_files = [f for f in (library, params) if f] + list(kernels)
     manifest = Manifest(
         role=role,
         model=model,
         target=target.to_json(),
-        module=ModuleSpec(library, params, kernels=tuple(kernels)) if library else None,
+        module=ModuleSpec(library, params, kernels=tuple(kernels), backend=backend) if library else None,
         inputs=_specs(inputs),
         outputs=_specs(outputs),
         send=tuple(send),

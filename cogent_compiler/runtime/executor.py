@@ -1,12 +1,22 @@
-"""Run one half of a bundle (device head or edge tail) with the TVM runtime alone.
+"""Run one half of a bundle (device head or edge tail) with the TVM runtime or ONNX Runtime.
 
 ``Half.load`` reads the manifest (checking every file's sha256), loads the
-compiled relax executable and its parameters once, and warms the VM up;
-``Half.run`` checks the inputs against the manifest and returns numpy arrays.
+module once — a compiled relax executable and its parameters, or an ONNX
+model in an ONNX Runtime session, as the manifest's ``backend`` says — and
+warms it up; ``Half.run`` checks the inputs against the manifest and returns
+numpy arrays.
 
-Only numpy and the TVM *runtime* are used: tvm is imported lazily, with
-``TVM_USE_RUNTIME_LIB=1``, so the 260 MB compiler library is never mapped and
-the protocol module stays usable where tvm is not installed.
+Only numpy, the TVM *runtime* and, for ``onnxruntime`` modules, ONNX Runtime
+are used, each imported lazily when a module needs it: tvm with
+``TVM_USE_RUNTIME_LIB=1``, so the 260 MB compiler library is never mapped, and
+the protocol module stays usable where neither is installed.
+
+Threads: both backends use ``runtime_threads()`` — ``TVM_NUM_THREADS``, else
+``OMP_NUM_THREADS``, else TVM's own default (half the hardware threads on
+x86-64, all of them elsewhere, at least one).  That is the count TVM's thread
+pool picks by itself, so a TVM half and an ONNX Runtime half on the same
+machine run with the same parallelism, and the compiler measures both with it
+when it chooses between them.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -29,7 +39,7 @@ import numpy as np
 from cogent_compiler.errors import RuntimeFailure
 from cogent_compiler.runtime.manifest import Manifest, TensorSpec, load_manifest
 
-__all__ = ["Half", "import_tvm_runtime", "serve_precompiled_kernels"]
+__all__ = ["Half", "import_onnxruntime", "import_tvm_runtime", "onnxruntime_session", "runtime_threads", "serve_precompiled_kernels"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +100,55 @@ def import_tvm_runtime() -> ModuleType:
     return tvm
 
 
+def runtime_threads(environ: Mapping[str, str] | None = None) -> int:
+    """The number of threads a half runs with (see the module doc); at least 1.
+
+    Raises ``RuntimeFailure`` when ``TVM_NUM_THREADS``/``OMP_NUM_THREADS`` is set but not a positive integer.
+    """
+    env = os.environ if environ is None else environ
+    for key in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = env.get(key)
+        if value is not None and value.strip():
+            try:
+                n = int(value)
+            except ValueError:
+                n = 0
+            if n < 1:
+                raise RuntimeFailure(f"{key}={value!r} is not a positive integer; set it to the number of threads to use, e.g. {key}=2")
+            return n
+    cores = os.cpu_count() or 1
+    if os.uname().machine in ("x86_64", "AMD64"):
+        cores //= 2  # TVM's rule: ignore hyper-threading
+    return max(cores, 1)
+
+
+def import_onnxruntime() -> ModuleType:
+    """Import ONNX Runtime (only bundles whose modules use it need it); ``RuntimeFailure`` when missing."""
+    try:
+        return importlib.import_module("onnxruntime")
+    except ImportError as e:
+        raise RuntimeFailure(
+            f"cannot import onnxruntime ({e}); the bundle's module runs on ONNX Runtime — "
+            "use the runtime/ folder the bundle carries, or pip install onnxruntime"
+        ) from e
+
+
+def onnxruntime_session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session for ``path`` using ``threads`` intra-op threads.
+
+    One inter-op thread and sequential execution: a half is one inference at a
+    time, and the thread count must match what the compiler measured.
+    """
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only; warnings about unused initializers are noise here
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 def _device(tvm: ModuleType, target: Any) -> Any:
     kind = str(target.get("device", "cpu")) if isinstance(target, dict) else "cpu"
     if kind == "cpu":
@@ -144,7 +203,8 @@ class Half:
     """One loaded half of a bundle, ready to run.
 
     Build it with ``Half.load``.  ``run`` may be called from several threads:
-    a lock serialises calls because a TVM VM is not thread-safe.
+    a lock serialises calls because a TVM VM is not thread-safe (and each call
+    already uses ``threads`` threads).
     """
 
     manifest: Manifest
@@ -155,6 +215,10 @@ class Half:
     _params: list[Any] = field(default_factory=list)
     _dev: Any = None
     _tvm: ModuleType | None = None
+    _session: Any = None
+    _session_inputs: list[str] = field(default_factory=list)
+    #: CPU threads the module runs with (``runtime_threads()``); 0 for an empty or a GPU half
+    threads: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -171,7 +235,9 @@ class Half:
         bundle = Path(bundle_dir)
         manifest = load_manifest(bundle, role=role, verify=verify)
         half = cls(manifest=manifest, bundle_dir=bundle)
-        if manifest.module is not None:
+        if manifest.module is not None and manifest.module.backend == "onnxruntime":
+            half._load_onnxruntime()
+        elif manifest.module is not None:
             tvm = import_tvm_runtime()
             half._tvm = tvm
             half._dev = _device(tvm, dict(manifest.target))
@@ -193,6 +259,8 @@ class Half:
             if manifest.module.params is not None:
                 params = _load_params(bundle / manifest.module.params)
                 half._params = [tvm.runtime.tensor(_native(p), half._dev) for p in params]
+            if str(manifest.target.get("device", "cpu")) == "cpu":
+                half.threads = int(tvm.runtime.num_threads())
         half.load_seconds = time.perf_counter() - start
         log.info(
             "loaded %s half of %s from %s in %.3f s (%s)",
@@ -202,13 +270,41 @@ class Half:
             half.load_seconds,
             "empty"
             if manifest.module is None
-            else f"{len(half._params)} params on {manifest.target.get('device', 'cpu')}",
+            else f"onnxruntime, {half.threads} threads"
+            if manifest.module.backend == "onnxruntime"
+            else f"tvm, {len(half._params)} params on {manifest.target.get('device', 'cpu')}",
         )
         if warmup and manifest.module is not None:
             t0 = time.perf_counter()
             half.run([np.zeros(s.shape, dtype=s.dtype) for s in manifest.inputs])
             log.info("warm-up run took %.3f ms", (time.perf_counter() - t0) * 1e3)
         return half
+
+    def _load_onnxruntime(self) -> None:
+        module = self.manifest.module
+        assert module is not None
+        if str(self.manifest.target.get("device", "cpu")) != "cpu":
+            raise RuntimeFailure(
+                f"{self.bundle_dir}: an onnxruntime module for device {self.manifest.target.get('device')!r}; "
+                "this runtime runs ONNX Runtime on the CPU only — rebuild the bundle with --backend tvm"
+            )
+        path = self.bundle_dir / module.library
+        if not path.is_file():
+            raise RuntimeFailure(f"{path}: ONNX model missing; rebuild the bundle with cogentc")
+        self.threads = runtime_threads()
+        try:
+            self._session = onnxruntime_session(path, self.threads)
+        except RuntimeFailure:
+            raise
+        except Exception as e:  # onnxruntime raises its own pybind error types
+            raise RuntimeFailure(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {_last_line(e)}); rebuild the bundle with cogentc") from e
+        self._session_inputs = [i.name for i in self._session.get_inputs()]
+        n_out = len(self._session.get_outputs())
+        if len(self._session_inputs) != len(self.manifest.inputs) or n_out != len(self.manifest.outputs):
+            raise RuntimeFailure(
+                f"{path}: the ONNX model has {len(self._session_inputs)} inputs and {n_out} outputs, the manifest lists "
+                f"{len(self.manifest.inputs)} and {len(self.manifest.outputs)}; rebuild the bundle with cogentc"
+            )
 
     @property
     def is_empty(self) -> bool:
@@ -252,6 +348,30 @@ class Half:
         self.check_inputs(inputs)
         if self.is_empty:
             return list(inputs)
+        if self._session is not None:
+            outputs = self._run_onnxruntime(inputs)
+        else:
+            outputs = self._run_tvm(inputs)
+        expected = self.manifest.outputs
+        if len(outputs) != len(expected):
+            raise RuntimeFailure(
+                f"{self.manifest.role} half of {self.manifest.model}: module returned {len(outputs)} outputs, "
+                f"the manifest lists {len(expected)}; rebuild the bundle with cogentc"
+            )
+        return outputs
+
+    def _run_onnxruntime(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        feed = {name: _native(a) for name, a in zip(self._session_inputs, inputs)}
+        with self._lock:
+            try:
+                return [np.asarray(o) for o in self._session.run(None, feed)]
+            except Exception as e:  # onnxruntime's error types live in its pybind module
+                raise RuntimeFailure(
+                    f"{self.manifest.role} half of {self.manifest.model}: ONNX Runtime execution failed "
+                    f"({type(e).__name__}: {_last_line(e)})"
+                ) from e
+
+    def _run_tvm(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         assert self._tvm is not None
         tvm = self._tvm
         with self._lock:
@@ -263,10 +383,9 @@ class Half:
                     f"{self.manifest.role} half of {self.manifest.model}: TVM execution failed "
                     f"({type(e).__name__}: {e})"
                 ) from e
-        expected = self.manifest.outputs
-        if len(outputs) != len(expected):
-            raise RuntimeFailure(
-                f"{self.manifest.role} half of {self.manifest.model}: module returned {len(outputs)} outputs, "
-                f"the manifest lists {len(expected)}; rebuild the bundle with cogentc"
-            )
         return outputs
+
+
+def _last_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else repr(e)

@@ -12,6 +12,7 @@ Layout of ``manifest.json`` (format ``cogent-bundle/1``)::
       "model": "resnet18",
       "target": {"name": "llvm", "device": "cpu"},     # device: "cpu" | "cuda"
       "module": {"library": "model.so", "params": "params.npz", "entry": "main",
+                 "backend": "tvm",                                   # or "onnxruntime"; absent: tvm
                  "kernels": ["kernels/<sha256>.fatbin"]} | null,      # kernels: CUDA only
       "inputs":  [{"name", "shape", "dtype"}],          # what this half's module reads, in order
       "outputs": [{"name", "shape", "dtype"}],          # what it returns, in order
@@ -23,6 +24,11 @@ Layout of ``manifest.json`` (format ``cogent-bundle/1``)::
 
 ``module`` is ``null`` for an empty half: the edge of a device-only plan, or
 the device of an edge-only plan (which sends its inputs unchanged).
+
+``backend`` names the runtime that loads ``library``: ``tvm`` (a Relax VM
+shared library whose ``entry`` takes the inputs then the ``params``) or
+``onnxruntime`` (``library`` is ``model.onnx`` with the weights inside,
+``params`` is ``null``; inputs are fed and outputs read in manifest order).
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ from typing import Any
 
 from cogent_compiler.errors import RuntimeFailure, TamperedBundleError
 
-__all__ = ["FORMAT", "TensorSpec", "ModuleSpec", "Manifest", "sha256_file", "load_manifest"]
+__all__ = ["BACKENDS", "FORMAT", "TensorSpec", "ModuleSpec", "Manifest", "sha256_file", "load_manifest"]
 
 FORMAT = "cogent-bundle/1"
+#: the runtimes a module can name (``ModuleSpec.backend``)
+BACKENDS = ("tvm", "onnxruntime")
 MANIFEST_NAME = "manifest.json"
 
 
@@ -71,12 +79,21 @@ class ModuleSpec:
     entry: str = "main"
     #: precompiled GPU kernels (``kernels/<sha256 of the CUDA source>.fatbin``)
     kernels: tuple[str, ...] = ()
+    #: the runtime that loads ``library``: one of ``BACKENDS``
+    backend: str = "tvm"
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"library": self.library, "params": self.params, "entry": self.entry}
+        d: dict[str, Any] = {"library": self.library, "params": self.params, "entry": self.entry, "backend": self.backend}
         if self.kernels:
             d["kernels"] = list(self.kernels)
         return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ModuleSpec:
+        backend = str(d.get("backend", "tvm"))
+        if backend not in BACKENDS:
+            raise ValueError(f"module backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        return cls(str(d["library"]), d.get("params"), str(d.get("entry", "main")), tuple(d.get("kernels", ())), backend)
 
 
 @dataclass(frozen=True)
@@ -114,7 +131,7 @@ class Manifest:
             role=str(d["role"]),
             model=str(d["model"]),
             target=dict(d["target"]),
-            module=None if mod is None else ModuleSpec(mod["library"], mod.get("params"), mod.get("entry", "main"), tuple(mod.get("kernels", ()))),
+            module=None if mod is None else ModuleSpec.from_json(mod),
             inputs=tuple(TensorSpec.from_json(t) for t in d["inputs"]),
             outputs=tuple(TensorSpec.from_json(t) for t in d["outputs"]),
             send=tuple(d.get("send", ())),

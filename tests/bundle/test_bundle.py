@@ -20,7 +20,7 @@ def _machine(path) -> int:
 @pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None, reason="needs the aarch64 cross compiler; .ci/run installs it")
 def test_arm_device_and_x86_edge_bundle(tiny_graph, tmp_path):
     mid = "relu"
-    result = compile(tiny_graph, tmp_path / "out", CompileOptions(device_target="arm", edge_target="llvm", cut=(mid,)))
+    result = compile(tiny_graph, tmp_path / "out", CompileOptions(device_target="arm", edge_target="llvm", cut=(mid,), backend="tvm"))
     out = result.out_dir
     for half, arch in (("device", "aarch64"), ("edge", "x86_64")):
         folder = out / half

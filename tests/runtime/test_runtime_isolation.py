@@ -39,6 +39,7 @@ ALLOWED_TOP = {
     "typing",
     "numpy",
     "tvm",
+    "onnxruntime",  # where a half runs on ONNX Runtime (imported only then)
     "tvm_ffi",  # the TVM runtime's FFI layer (registers the CUDA kernel callback)
 }
 

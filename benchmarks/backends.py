@@ -1,0 +1,266 @@
+"""TVM (Cogent's CPU pipeline) vs TVM's default pipeline vs ONNX Runtime vs PyTorch eager on this CPU.
+
+    python benchmarks/backends.py                      # resnet18, mobilenet_v2, resnet50 at 1x3x224x224, 1 and 2 threads
+    python benchmarks/backends.py --smoke              # resnet18 at 1x3x64x64, 1 thread, 3 rounds (CI)
+
+Each model (torchvision architecture, seeded random weights, batch norm folded
+as ``cogentc`` folds it) is compiled once: TVM with ``compile_program`` (the
+rule-based CPU schedules, ``llvm`` for this CPU), TVM with
+``cpu_schedules=False`` (TVM 0.27's default pipeline, generic ``llvm``), and
+the ONNX export ``compile_onnxruntime`` writes.  Then, for each thread count,
+a fresh process (``TVM_NUM_THREADS``/``OMP_NUM_THREADS`` set before TVM's
+thread pool starts; ``torch.set_num_threads``; ONNX Runtime's intra-op
+threads) loads them beside PyTorch eager on the unfolded model and times them
+interleaved: every round runs each backend twice, in a rotated order, and
+times the second run (after its last run a thread pool keeps spinning for a
+while, which would slow the next backend's first run), so background load on
+a shared machine hits all of them alike.  TVM's default
+pipeline is timed in the first 3 rounds only (it is 20-40x slower).  Reported:
+median milliseconds, the largest absolute difference from PyTorch eager, and
+which backend ``--backend auto`` would keep given these medians (TVM when at
+least as fast as ONNX Runtime).
+
+Writes ``benchmarks/results/backends.json`` (``-o`` to change), with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "backends.json"
+MODELS = ("resnet18", "mobilenet_v2", "resnet50")
+DEFAULT_ROUNDS = 3  # rounds in which TVM's default pipeline is timed
+
+
+def _torch_model(name: str) -> Any:
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():  # non-trivial batch-norm statistics, so folding is exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model
+
+
+def _compile(name: str, shape: tuple[int, ...], folder: Path) -> dict[str, Any]:
+    """Compile ``name`` three ways into ``folder``; return compile seconds."""
+    import torch
+
+    from cogent_compiler.backends import resolve_target
+    from cogent_compiler.backends.onnxruntime_backend import compile_onnxruntime
+    from cogent_compiler.backends.tvm_backend import compile_program
+    from cogent_compiler.frontend import from_module, trace
+    from cogent_compiler.passes import FoldBatchNorm
+
+    model = _torch_model(name)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    np.save(folder / "x.npy", x.numpy())
+    graph = FoldBatchNorm()(trace(from_module(model, (x,), name=name)))
+    llvm = resolve_target("llvm")
+    seconds = {}
+    for label, fn in (
+        ("tvm", lambda d: compile_program(graph.source, "torch", llvm, d, name=name)),
+        ("tvm_default", lambda d: compile_program(graph.source, "torch", llvm, d, name=name, cpu_schedules=False)),
+        ("onnxruntime", lambda d: compile_onnxruntime(graph.source, "torch", llvm, d, name=name)),
+    ):
+        t0 = time.perf_counter()
+        fn(folder / label)
+        seconds[label] = round(time.perf_counter() - t0, 2)
+    return seconds
+
+
+def _measure(name: str, folder: Path, threads: int, repeats: int, warmup: int) -> dict[str, Any]:
+    """Runs in a child process whose TVM_NUM_THREADS/OMP_NUM_THREADS equal ``threads``."""
+    import torch
+    import tvm
+
+    from cogent_compiler.runtime.executor import _load_params, _to_numpy, onnxruntime_session
+
+    torch.set_num_threads(threads)
+    x = np.load(folder / "x.npy")
+    model = _torch_model(name)
+    xt = torch.from_numpy(x)
+    dev = tvm.cpu(0)
+    assert int(tvm.runtime.num_threads()) == threads, (tvm.runtime.num_threads(), threads)
+
+    def tvm_runner(d: Path) -> Any:
+        vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(d / "model.so")), dev)
+        entry = vm["main"]
+        params = [tvm.runtime.tensor(p, dev) for p in _load_params(d / "params.npz")]
+        arg = tvm.runtime.tensor(x, dev)
+        return lambda: _to_numpy(entry(arg, *params))[0]
+
+    session = onnxruntime_session(folder / "onnxruntime" / "model.onnx", threads)
+    feed = {session.get_inputs()[0].name: x}
+
+    def eager() -> np.ndarray:
+        with torch.inference_mode():
+            return model(xt).numpy()
+
+    runners = {
+        "torch": eager,
+        "onnxruntime": lambda: session.run(None, feed)[0],
+        "tvm": tvm_runner(folder / "tvm"),
+        "tvm_default": tvm_runner(folder / "tvm_default"),
+    }
+    reference = eager()
+    err = {k: float(np.abs(np.asarray(run()) - reference).max()) for k, run in runners.items() if k != "torch"}
+    for k, run in runners.items():
+        for _ in range(warmup if k != "tvm_default" else 0):  # the error check above was its warm-up
+            run()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    names = list(runners)
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for k in order:
+            if k == "tvm_default" and r >= DEFAULT_ROUNDS:
+                continue
+            # one untimed run first: it absorbs the previous backend's pool threads,
+            # which keep spinning on the cores for a while after their last run
+            for timed in (False, True):
+                t0 = time.perf_counter()
+                runners[k]()
+                if timed:
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+    med = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    auto = "tvm" if med["tvm"] <= med["onnxruntime"] else "onnxruntime"
+    return {
+        "model": name,
+        "threads": threads,
+        "torch_ms": med["torch"],
+        "ort_ms": med["onnxruntime"],
+        "tvm_ms": med["tvm"],
+        "tvm_default_ms": med["tvm_default"],
+        "runs": {k: len(v) for k, v in times.items()},
+        "max_abs_err_vs_torch": {k: float(f"{v:.3g}") for k, v in err.items()},
+        "reference_max_abs": float(f"{float(np.abs(reference).max()):.3g}"),
+        "auto_would_choose": auto,
+        "tvm_vs_ort": round(med["tvm"] / med["onnxruntime"], 3),
+        "tvm_vs_tvm_default_speedup": round(med["tvm_default"] / med["tvm"], 1),
+    }
+
+
+def _machine() -> dict[str, Any]:
+    import onnxruntime
+    import torch
+    import tvm
+    from tvm.target import codegen
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "llvm_mcpu": str(codegen.llvm_get_system_cpu()),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "tvm": tvm.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def _geomean(values: list[float]) -> float:
+    return round(math.exp(sum(math.log(v) for v in values) / len(values)), 3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated torchvision models (default {','.join(MODELS)})")
+    p.add_argument("--shape", default="1,3,224,224", help="input shape (default 1,3,224,224)")
+    p.add_argument("--threads", default="1,2", help="thread counts, each measured in its own process (default 1,2)")
+    p.add_argument("--repeats", type=int, default=15, help="timed rounds (default 15)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs per backend first (default 3)")
+    p.add_argument("--smoke", action="store_true", help="resnet18 at 1x3x64x64, 1 thread, 3 rounds; writes backends-smoke.json")
+    p.add_argument("-o", "--output", type=Path, help=f"result JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
+    p.add_argument("--_child", nargs=3, metavar=("MODEL", "FOLDER", "THREADS"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args._child:
+        name, folder, threads = args._child
+        print(json.dumps(_measure(name, Path(folder), int(threads), args.repeats, args.warmup)))
+        return 0
+    if args.smoke:
+        args.models, args.shape, args.threads, args.repeats, args.warmup = "resnet18", "1,3,64,64", "1", 3, 1
+    out = args.output or (DEFAULT_OUT.with_name("backends-smoke.json") if args.smoke else DEFAULT_OUT)
+    shape = tuple(int(s) for s in args.shape.split(","))
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    t_start = time.perf_counter()
+    doc: dict[str, Any] = {
+        "benchmark": "backends",
+        "command": "python benchmarks/backends.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": _machine(),
+        "input_shape": list(shape),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "tvm_default_rounds": min(DEFAULT_ROUNDS, args.repeats),
+        "note": "median ms per single inference; backends interleaved in one process per thread count, each timed on the "
+        "second of two back-to-back runs per round; "
+        "tvm = Cogent's CPU schedules (llvm for this CPU), tvm_default = TVM 0.27's default pipeline (generic llvm); "
+        "torch = PyTorch eager on the unfolded model; ort = ONNX Runtime on the folded export",
+        "results": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="cogent-bench-") as tmp:
+        for name in args.models.split(","):
+            folder = Path(tmp) / name
+            folder.mkdir()
+            print(f"[{time.perf_counter() - t_start:6.1f}s] {name}: compiling", file=sys.stderr, flush=True)
+            compile_s = _compile(name, shape, folder)
+            for threads in thread_counts:
+                env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+                cmd = [sys.executable, __file__, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+                       "--_child", name, str(folder), str(threads)]
+                r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+                if r.returncode != 0:
+                    print(r.stderr, file=sys.stderr)
+                    return 1
+                row = json.loads(r.stdout.strip().splitlines()[-1])
+                row["compile_s"] = compile_s
+                doc["results"].append(row)
+                print(f"[{time.perf_counter() - t_start:6.1f}s] {name} x{threads}: torch {row['torch_ms']:.1f} ms, "
+                      f"ort {row['ort_ms']:.1f}, tvm {row['tvm_ms']:.1f}, tvm default {row['tvm_default_ms']:.1f}",
+                      file=sys.stderr, flush=True)
+    for threads in thread_counts:
+        rows = [r for r in doc["results"] if r["threads"] == threads]
+        doc.setdefault("geomean", {})[f"threads_{threads}"] = {
+            "tvm_vs_ort": _geomean([r["tvm_ms"] / r["ort_ms"] for r in rows]),
+            "tvm_vs_torch": _geomean([r["tvm_ms"] / r["torch_ms"] for r in rows]),
+            "ort_vs_torch": _geomean([r["ort_ms"] / r["torch_ms"] for r in rows]),
+            "tvm_default_vs_tvm": _geomean([r["tvm_default_ms"] / r["tvm_ms"] for r in rows]),
+        }
+    doc["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    doc["wall_s"] = round(time.perf_counter() - t_start, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
