@@ -44,7 +44,8 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtt", default="10ms", help="link round-trip time, e.g. 10ms (default 10ms)")
     p.add_argument("--device-gmacs", type=float, metavar="G", help="device throughput in GMAC/s for the estimate (default per target: arm 2, llvm 10)")
     p.add_argument("--edge-gmacs", type=float, metavar="G", help="edge throughput in GMAC/s for the estimate (default per target: llvm 10, cuda 500)")
-    p.add_argument("--planner", default="single-cut", choices=("single-cut", "device", "edge"), help="how to choose the cut (default single-cut)")
+    p.add_argument("--planner", default="single-cut", choices=("single-cut", "mincut", "device", "edge"),
+                   help="how to choose the cut: best single tensor (default), min-cut over the whole DAG (DADS), or a baseline")
     p.add_argument("--cut", metavar="TENSOR[,TENSOR...]", help="force this cut (tensor names from `cogentc inspect`) instead of planning")
 
 

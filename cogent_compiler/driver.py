@@ -21,14 +21,14 @@ from cogent_compiler.cost.latency import DEFAULT_GMACS, ComputeModel, LatencyMod
 from cogent_compiler.errors import BundleError, PlanError
 from cogent_compiler.ir import Graph
 from cogent_compiler.passes import FoldBatchNorm, PassManager, partition_at, split_program
-from cogent_compiler.policy import Plan, PlanReport, baseline_plans, plan_single_cut
+from cogent_compiler.policy import Plan, PlanReport, baseline_plans, plan_min_cut, plan_single_cut
 from cogent_compiler.runtime.manifest import Manifest
 
 __all__ = ["CompileOptions", "CompileResult", "check_output_folder", "choose_plan", "compile", "latency_model_for", "PLANNERS"]
 
 log = logging.getLogger(__name__)
 
-PLANNERS = ("single-cut", "device", "edge")
+PLANNERS = ("single-cut", "mincut", "device", "edge")
 Progress = Callable[[str, str], None]
 
 
@@ -97,6 +97,8 @@ def choose_plan(graph: Graph, model: LatencyModel, planner: str, cut: tuple[str,
         return PlanReport(graph.name, chosen, base, (), model.to_json())
     if planner == "single-cut":
         return plan_single_cut(graph, model)
+    if planner == "mincut":
+        return plan_min_cut(graph, model)
     if planner in ("device", "edge"):
         base = baseline_plans(graph, model)
         chosen = base[f"{planner}_only"]

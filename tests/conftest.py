@@ -29,3 +29,26 @@ def tiny_graph(tiny_model):
 
     model, x = tiny_model
     return trace(from_module(model, (x,), name="tiny_cnn"))
+
+
+@pytest.fixture
+def isolated_python(tmp_path):
+    """``(interpreter, env_for)``: a Python that, with ``-S`` and ``env_for(runtime_dir)``,
+    sees only numpy and that bundle ``runtime/`` folder — no torch, no TVM compiler."""
+    import os
+
+    import numpy as np
+
+    only_numpy = tmp_path / "only-numpy"
+    only_numpy.mkdir()
+    np_dir = Path(np.__file__).parent
+    for name in ("numpy", "numpy.libs"):
+        if (np_dir.parent / name).exists():
+            (only_numpy / name).symlink_to(np_dir.parent / name)
+
+    def env_for(runtime_dir: Path) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+        env["PYTHONPATH"] = f"{runtime_dir}{os.pathsep}{only_numpy}"
+        return env
+
+    return getattr(sys, "_base_executable", sys.executable), env_for

@@ -75,3 +75,12 @@ def test_plan_reports_baselines_and_the_best_candidate(capsys):
     assert main(argv[:-1]) == 0
     table = capsys.readouterr().out
     assert "<- chosen" in table and "device_only" in table and "edge_only" in table
+
+
+def test_mincut_planner_from_the_command_line(capsys):
+    assert main(["plan", "tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--planner", "mincut", "--bandwidth", "5mbit", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["chosen"]["name"] == "min_cut"
+    assert set(report["baselines"]) == {"device_only", "edge_only", "single_cut"}
+    best_baseline = min(b["predicted"]["total_ms"] for b in report["baselines"].values())
+    assert report["chosen"]["predicted"]["total_ms"] <= best_baseline

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,25 +91,17 @@ def test_bundle_runs_as_two_processes_and_matches_pytorch(resnet, plan):
     assert err <= 1e-4, f"plan {plan}: max abs error {err}"
 
 
-def test_bundle_runs_in_an_interpreter_without_torch_or_the_tvm_compiler(resnet, tmp_path):
+def test_bundle_runs_in_an_interpreter_without_torch_or_the_tvm_compiler(resnet, tmp_path, isolated_python):
     """The bundle's own runtime/ folder plus numpy is all either half needs."""
     root, expected, middle = resnet
     out = root / "out-isolated"
     r = _cogentc("resnet18.pt2", "--target", "llvm,llvm", "-o", str(out), "--cut", middle, cwd=root)
     assert r.returncode == 0, r.stderr
     assert not list((out / "edge" / "runtime").rglob("libtvm_compiler.so"))
-    only_numpy = tmp_path / "only-numpy"
-    only_numpy.mkdir()
-    np_dir = Path(np.__file__).parent
-    for name in ("numpy", "numpy.libs"):
-        if (np_dir.parent / name).exists():
-            (only_numpy / name).symlink_to(np_dir.parent / name)
-    base_python = getattr(sys, "_base_executable", sys.executable)
+    base_python, env_for = isolated_python
 
     def env(half: str) -> dict[str, str]:
-        e = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-        e["PYTHONPATH"] = f"{out / half / 'runtime'}{os.pathsep}{only_numpy}"
-        return e
+        return env_for(out / half / "runtime")
 
     probe = subprocess.run([base_python, "-S", "-c", "import torch"], env=env("edge"), capture_output=True, text=True)
     assert probe.returncode != 0, "the isolated interpreter can see torch; the test would prove nothing"

@@ -6,7 +6,6 @@ Real TVM, real ONNX Runtime, real processes; nothing is mocked.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from cogent_compiler.backends.select import CANDIDATES, BackendChoice, backend_c
 from cogent_compiler.backends.tvm_backend import compile_program, cpu_default_schedules, tvm_target_for
 from cogent_compiler.bundle import write_half
 from cogent_compiler.errors import BackendError, RuntimeFailure
-from cogent_compiler.frontend import from_module, load_model, trace
+from cogent_compiler.frontend import load_model, trace
 from cogent_compiler.passes import FoldBatchNorm, partition_at, split_program
 from cogent_compiler.runtime.executor import Half, runtime_threads
 from cogent_compiler.runtime.manifest import load_manifest
@@ -241,7 +240,7 @@ def _cogentc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(BIN / "cogentc"), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def test_onnxruntime_bundle_runs_as_two_isolated_processes_and_matches_pytorch(tiny_model, tmp_path):
+def test_onnxruntime_bundle_runs_as_two_isolated_processes_and_matches_pytorch(tiny_model, tmp_path, isolated_python):
     """cogentc --backend onnxruntime; edge server and device client in interpreters that see only the bundle and numpy."""
     model, x = tiny_model
     torch.export.save(torch.export.export(model, (x,)), tmp_path / "tiny.pt2")
@@ -256,18 +255,10 @@ def test_onnxruntime_bundle_runs_as_two_isolated_processes_and_matches_pytorch(t
         assert (out / half / "runtime" / "onnxruntime").is_dir() and not (out / half / "runtime" / "tvm").exists()
         assert "COPY manifest.json model.onnx" in (out / half / "Dockerfile").read_text()
 
-    only_numpy = tmp_path / "only-numpy"
-    only_numpy.mkdir()
-    np_dir = Path(np.__file__).parent
-    for name in ("numpy", "numpy.libs"):
-        if (np_dir.parent / name).exists():
-            (only_numpy / name).symlink_to(np_dir.parent / name)
-    python = getattr(sys, "_base_executable", sys.executable)
+    python, env_for = isolated_python
 
     def env(half: str) -> dict[str, str]:
-        e = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-        e["PYTHONPATH"] = f"{out / half / 'runtime'}{os.pathsep}{only_numpy}"
-        return e
+        return env_for(out / half / "runtime")
 
     for probe in ("import torch", "import tvm"):
         p = subprocess.run([python, "-S", "-c", probe], env=env("edge"), capture_output=True, text=True)
