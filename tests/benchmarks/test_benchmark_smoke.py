@@ -27,3 +27,15 @@ def test_e2e_benchmark_smoke(tmp_path):
         assert p["measured_ms"] > 0 and p["max_abs_error"] <= 1e-4, name
         assert name == "device_eager" or p["predicted_ms"] > 0
     assert case["speedup_vs_device_eager"] == case["plans"]["device_eager"]["measured_ms"] / case["plans"]["chosen"]["measured_ms"]
+
+
+def test_backends_benchmark_smoke(tmp_path):
+    out = tmp_path / "backends.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "backends.py"), "--smoke", "--output", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["machine"]["cores"] and result["results"]
+    for row in result["results"]:
+        assert row["ort_ms"] > 0 and row["tvm_ms"] > 0 and row["torch_ms"] > 0
+        assert max(row["max_abs_err_vs_torch"].values()) <= 1e-4
