@@ -210,7 +210,8 @@ def _measure_containers(tb: Testbed, bundle: Path, x: Path, y: Path, config: Ben
                 raise TestbedError("edge container did not start serving within 120 s")
         data = Path(tempfile.mkdtemp(prefix="cogent-bench-"))
         (data / "input.npy").write_bytes(x.read_bytes())
-        args = ct.run_args(dev_tag, netns=tb.netns_path("device"), cpus=tb.device_quota, cpuset=tb.device_cpu, volumes=[(str(data), "/data")])
+        args = ct.run_args(dev_tag, netns=tb.netns_path("device"), cpus=tb.device_quota, cpuset=tb.device_cpu,
+                           period_us=tb.period_us, volumes=[(str(data), "/data")])
         args += ["--input", "/data/input.npy", "--output", "/data/output.npy", "--repeat", str(config.requests), "--json"]
         if needs_edge:
             args += ["--edge", connect_addr]

@@ -77,11 +77,14 @@ def image_size(tag: str) -> int:
     return int(r.stdout.strip())
 
 
-def run_args(tag: str, *, netns: str, cpus: float | None, cpuset: int, volumes: Sequence[tuple[str, str]] = (), name: str | None = None, detach: bool = False) -> list[str]:
+def run_args(tag: str, *, netns: str, cpus: float | None, cpuset: int, period_us: int = 10_000,
+             volumes: Sequence[tuple[str, str]] = (), name: str | None = None, detach: bool = False) -> list[str]:
     """``podman run`` arguments placing a container in a testbed namespace, on a core, with a quota."""
     args = ["run", "--rm", f"--network=ns:{netns}", f"--cpuset-cpus={cpuset}", "-e", "TVM_NUM_THREADS=1"]
     if cpus is not None:
-        args.append(f"--cpus={cpus}")
+        # `--cpus` alone uses a 100 ms period: a request shorter than the quota then runs unthrottled
+        # and the median hides the quota.  Use the testbed's short period instead.
+        args += [f"--cpu-period={period_us}", f"--cpu-quota={max(1000, int(cpus * period_us))}"]
     for host, inside in volumes:
         args += ["-v", f"{host}:{inside}"]
     if name:

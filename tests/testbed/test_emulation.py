@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from testbed_support import needs_root, leftover_names
+from testbed_support import leftover_names, needs_podman, needs_root
 
 from cogent_compiler.testbed import LinkSpec, Testbed, cleanup_stale
 
@@ -131,3 +131,18 @@ def test_sigterm_cleans_up_and_a_killed_run_is_cleaned_next_time():
     removed = cleanup_stale()
     assert not _names_exist(names)
     assert set(names[:2]) <= set(removed)
+
+
+@needs_podman
+def test_container_quota_makes_the_device_slower():
+    """The device container's quota bites on short requests too (a 100 ms period would hide it)."""
+    from cogent_compiler.testbed import containers as ct
+
+    base = ct.ensure_base_image()
+    with Testbed(LinkSpec(100e6), device_quota=0.1) as tb:
+        def loop_s(cpus):
+            args = ct.run_args(base, netns=tb.netns_path("device"), cpus=cpus, cpuset=tb.device_cpu, period_us=tb.period_us)
+            return min(float(ct.podman(*args, "python3", "-c", LOOP).stdout) for _ in range(2))
+
+        free, quota = loop_s(None), loop_s(0.1)
+    assert quota / free >= 4, f"a 10 % container quota only slowed a loop {quota / free:.1f}x"
