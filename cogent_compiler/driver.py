@@ -91,19 +91,15 @@ def latency_model_for(device: TargetSpec, edge: TargetSpec, options: CompileOpti
 
 def choose_plan(graph: Graph, model: LatencyModel, planner: str, cut: tuple[str, ...] = ()) -> PlanReport:
     """Run ``planner``; a non-empty ``cut`` overrides it with that cut (scored the same way)."""
-    if cut:
-        base = baseline_plans(graph, model)
-        chosen = Plan("manual", tuple(cut), model.estimate(partition_at(graph, cut)))
-        return PlanReport(graph.name, chosen, base, (), model.to_json())
-    if planner == "single-cut":
+    if not cut and planner == "single-cut":
         return plan_single_cut(graph, model)
-    if planner == "mincut":
+    if not cut and planner == "mincut":
         return plan_min_cut(graph, model)
-    if planner in ("device", "edge"):
-        base = baseline_plans(graph, model)
-        chosen = base[f"{planner}_only"]
-        return PlanReport(graph.name, chosen, base, (), model.to_json())
-    raise PlanError(f"planner {planner!r} is unknown; use one of {', '.join(PLANNERS)}")
+    if not cut and planner not in ("device", "edge"):
+        raise PlanError(f"planner {planner!r} is unknown; use one of {', '.join(PLANNERS)}")
+    base = baseline_plans(graph, model)
+    chosen = Plan("manual", tuple(cut), model.estimate(partition_at(graph, cut))) if cut else base[f"{planner}_only"]
+    return PlanReport(graph.name, chosen, base, (), model.to_json())
 
 
 def check_output_folder(out: Path) -> None:

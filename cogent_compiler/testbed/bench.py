@@ -94,14 +94,17 @@ def _load_source(src: Mapping[str, Any]) -> Any:
     return load_model(src["model"], input_shape=shape, trust_pickle=bool(src.get("trust_pickle")))
 
 
-def prepare_variants(bundle: Path, work: Path, say: Progress, names: Sequence[str] = BASELINES) -> dict[str, Path]:
-    """The bundle itself as ``chosen``, plus the named baselines compiled from the same source and options."""
+def prepare_variants(bundle: Path, work: Path, say: Progress, names: Sequence[str] = BASELINES, *, loaded: Any = None) -> dict[str, Path]:
+    """The bundle itself as ``chosen``, plus the named baselines compiled from the same source and options.
+
+    ``loaded`` is the bundle's source model when the caller has loaded it already.
+    """
     from cogent_compiler.driver import CompileOptions, compile
     from cogent_compiler.frontend import trace
 
     build = _plan_doc(bundle).get("build", {})
     src = build.get("source", {})
-    graph = trace(_load_source(src))
+    graph = trace(loaded if loaded is not None else _load_source(src))
     opts = dict(build.get("options", {}))
     opts["cut"] = tuple(opts.get("cut", ()))
     variants = {"chosen": bundle}
@@ -239,11 +242,11 @@ def _measure_eager(tb: Testbed, source: Mapping[str, Any], x: Path, y: Path, con
     return Measurement(tuple(report["runs_ms"]))
 
 
-def _reference_output(source: Mapping[str, Any], x: Path) -> np.ndarray:
+def _reference_output(loaded: Any, x: Path) -> np.ndarray:
     """PyTorch eager's output on ``x``, computed here (outside the quota) to check every plan."""
     import torch
 
-    program = _load_source(source).program
+    program = loaded.program
     with torch.inference_mode():
         y = program.module()(torch.from_numpy(np.load(x)))
     return (y[0] if isinstance(y, (tuple, list)) else y).numpy()
@@ -266,7 +269,9 @@ def bench_bundle(
     doc = _plan_doc(bundle)
     work = Path(work) if work else bundle.with_name(bundle.name + ".bench")
     work.mkdir(parents=True, exist_ok=True)
-    variants = prepare_variants(bundle, work, say, [p for p in BASELINES if p in plans])
+    source = doc.get("build", {}).get("source", {})
+    loaded = _load_source(source)
+    variants = prepare_variants(bundle, work, say, [p for p in BASELINES if p in plans], loaded=loaded)
     if "chosen" not in plans:
         del variants["chosen"]
     inputs = load_manifest(bundle / "device").inputs
@@ -275,8 +280,7 @@ def bench_bundle(
     rng = np.random.default_rng(0)
     x = work / "input.npy"
     np.save(x, rng.standard_normal(inputs[0].shape).astype(inputs[0].dtype), allow_pickle=False)
-    source = doc["build"]["source"]
-    expected = _reference_output(source, x)
+    expected = _reference_output(loaded, x)
     measured: dict[str, Measurement] = {}
     link = LinkSpec(config.bandwidth_bps, config.rtt_s)
     with Testbed(link, device_quota=config.device_quota, device_cpu=config.device_cpu, edge_cpu=config.edge_cpu) as tb:
