@@ -4,8 +4,8 @@
     python benchmarks/backends.py --smoke              # resnet18 at 1x3x64x64, 1 thread, 3 rounds (CI)
 
 Each model (torchvision architecture, seeded random weights, batch norm folded
-as ``cogentc`` folds it) is compiled once: TVM with ``compile_program`` (the
-rule-based CPU schedules, ``llvm`` for this CPU), TVM with
+as ``cogentc`` folds it; built by ``benchmarks/models.py``) is compiled once:
+TVM with ``compile_program`` (the rule-based CPU schedules, ``llvm`` for this CPU), TVM with
 ``cpu_schedules=False`` (TVM 0.27's default pipeline, generic ``llvm``), and
 the ONNX export ``compile_onnxruntime`` writes.  Then, for each thread count,
 a fresh process (``TVM_NUM_THREADS``/``OMP_NUM_THREADS`` set before TVM's
@@ -42,39 +42,24 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: benchmarks.models lives beside this file
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.models import benchmark_graph, example_input, torch_model  # noqa: E402
+
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "backends.json"
 MODELS = ("resnet18", "mobilenet_v2", "resnet50")
 DEFAULT_ROUNDS = 3  # rounds in which TVM's default pipeline is timed
 
 
-def _torch_model(name: str) -> Any:
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None).eval()
-    g = torch.Generator().manual_seed(3)
-    for m in model.modules():  # non-trivial batch-norm statistics, so folding is exercised
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
-
-
 def _compile(name: str, shape: tuple[int, ...], folder: Path) -> dict[str, Any]:
     """Compile ``name`` three ways into ``folder``; return compile seconds."""
-    import torch
-
     from cogent_compiler.backends import resolve_target
     from cogent_compiler.backends.onnxruntime_backend import compile_onnxruntime
     from cogent_compiler.backends.tvm_backend import compile_program
-    from cogent_compiler.frontend import from_module, trace
-    from cogent_compiler.passes import FoldBatchNorm
 
-    model = _torch_model(name)
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-    np.save(folder / "x.npy", x.numpy())
-    graph = FoldBatchNorm()(trace(from_module(model, (x,), name=name)))
+    np.save(folder / "x.npy", example_input(shape).numpy())
+    graph = benchmark_graph(name, shape)
     llvm = resolve_target("llvm")
     seconds = {}
     for label, fn in (
@@ -97,7 +82,7 @@ def _measure(name: str, folder: Path, threads: int, repeats: int, warmup: int) -
 
     torch.set_num_threads(threads)
     x = np.load(folder / "x.npy")
-    model = _torch_model(name)
+    model = torch_model(name)
     xt = torch.from_numpy(x)
     dev = tvm.cpu(0)
     assert int(tvm.runtime.num_threads()) == threads, (tvm.runtime.num_threads(), threads)
@@ -192,7 +177,7 @@ def _geomean(values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated torchvision models (default {','.join(MODELS)})")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated torchvision models, or <model>_pruned<percent> (default {','.join(MODELS)})")
     p.add_argument("--shape", default="1,3,224,224", help="input shape (default 1,3,224,224)")
     p.add_argument("--threads", default="1,2", help="thread counts, each measured in its own process (default 1,2)")
     p.add_argument("--repeats", type=int, default=15, help="timed rounds (default 15)")

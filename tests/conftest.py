@@ -11,6 +11,8 @@ TESTS = Path(__file__).resolve().parent
 # tiny_models (tests/frontend) doubles as an importable factory module for the CLI tests
 sys.path.insert(0, str(TESTS / "frontend"))
 sys.path.insert(0, str(TESTS / "testbed"))  # testbed_support: skip markers shared by the testbed tests
+if str(TESTS.parent) not in sys.path:  # benchmarks.models: the benchmark models, shared with the tests
+    sys.path.append(str(TESTS.parent))
 
 
 @pytest.fixture(scope="session")
