@@ -26,12 +26,8 @@ Writes ``benchmarks/results/backends.json`` (``-o`` to change), with the machine
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import math
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: benchmarks.models lives beside this file
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import geomean, interleaved_medians, machine, medians, ort_runner, tvm_runner  # noqa: E402
 from benchmarks.models import benchmark_graph, example_input, torch_model  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "backends.json"
@@ -78,24 +75,11 @@ def _measure(name: str, folder: Path, threads: int, repeats: int, warmup: int) -
     import torch
     import tvm
 
-    from cogent_compiler.runtime.executor import _load_params, _to_numpy, onnxruntime_session
-
     torch.set_num_threads(threads)
     x = np.load(folder / "x.npy")
     model = torch_model(name)
     xt = torch.from_numpy(x)
-    dev = tvm.cpu(0)
     assert int(tvm.runtime.num_threads()) == threads, (tvm.runtime.num_threads(), threads)
-
-    def tvm_runner(d: Path) -> Any:
-        vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(d / "model.so")), dev)
-        entry = vm["main"]
-        params = [tvm.runtime.tensor(p, dev) for p in _load_params(d / "params.npz")]
-        arg = tvm.runtime.tensor(x, dev)
-        return lambda: _to_numpy(entry(arg, *params))[0]
-
-    session = onnxruntime_session(folder / "onnxruntime" / "model.onnx", threads)
-    feed = {session.get_inputs()[0].name: x}
 
     def eager() -> np.ndarray:
         with torch.inference_mode():
@@ -103,30 +87,15 @@ def _measure(name: str, folder: Path, threads: int, repeats: int, warmup: int) -
 
     runners = {
         "torch": eager,
-        "onnxruntime": lambda: session.run(None, feed)[0],
-        "tvm": tvm_runner(folder / "tvm"),
-        "tvm_default": tvm_runner(folder / "tvm_default"),
+        "onnxruntime": ort_runner(folder / "onnxruntime" / "model.onnx", x, threads),
+        "tvm": tvm_runner(folder / "tvm", x),
+        "tvm_default": tvm_runner(folder / "tvm_default", x),
     }
     reference = eager()
     err = {k: float(np.abs(np.asarray(run()) - reference).max()) for k, run in runners.items() if k != "torch"}
-    for k, run in runners.items():
-        for _ in range(warmup if k != "tvm_default" else 0):  # the error check above was its warm-up
-            run()
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    names = list(runners)
-    for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for k in order:
-            if k == "tvm_default" and r >= DEFAULT_ROUNDS:
-                continue
-            # one untimed run first: it absorbs the previous backend's pool threads,
-            # which keep spinning on the cores for a while after their last run
-            for timed in (False, True):
-                t0 = time.perf_counter()
-                runners[k]()
-                if timed:
-                    times[k].append((time.perf_counter() - t0) * 1e3)
-    med = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    # the error check above was tvm_default's warm-up
+    times = interleaved_medians(runners, repeats, warmup, few={"tvm_default": DEFAULT_ROUNDS})
+    med = medians(times)
     auto = "tvm" if med["tvm"] <= med["onnxruntime"] else "onnxruntime"
     return {
         "model": name,
@@ -142,37 +111,6 @@ def _measure(name: str, folder: Path, threads: int, repeats: int, warmup: int) -
         "tvm_vs_ort": round(med["tvm"] / med["onnxruntime"], 3),
         "tvm_vs_tvm_default_speedup": round(med["tvm_default"] / med["tvm"], 1),
     }
-
-
-def _machine() -> dict[str, Any]:
-    import onnxruntime
-    import torch
-    import tvm
-    from tvm.target import codegen
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "llvm_mcpu": str(codegen.llvm_get_system_cpu()),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "tvm": tvm.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
-    }
-
-
-def _geomean(values: list[float]) -> float:
-    return round(math.exp(sum(math.log(v) for v in values) / len(values)), 3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "benchmark": "backends",
         "command": "python benchmarks/backends.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": _machine(),
+        "machine": machine(),
         "input_shape": list(shape),
         "repeats": args.repeats,
         "warmup": args.warmup,
@@ -234,10 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     for threads in thread_counts:
         rows = [r for r in doc["results"] if r["threads"] == threads]
         doc.setdefault("geomean", {})[f"threads_{threads}"] = {
-            "tvm_vs_ort": _geomean([r["tvm_ms"] / r["ort_ms"] for r in rows]),
-            "tvm_vs_torch": _geomean([r["tvm_ms"] / r["torch_ms"] for r in rows]),
-            "ort_vs_torch": _geomean([r["ort_ms"] / r["torch_ms"] for r in rows]),
-            "tvm_default_vs_tvm": _geomean([r["tvm_default_ms"] / r["tvm_ms"] for r in rows]),
+            "tvm_vs_ort": geomean([r["tvm_ms"] / r["ort_ms"] for r in rows]),
+            "tvm_vs_torch": geomean([r["tvm_ms"] / r["torch_ms"] for r in rows]),
+            "ort_vs_torch": geomean([r["ort_ms"] / r["torch_ms"] for r in rows]),
+            "tvm_default_vs_tvm": geomean([r["tvm_default_ms"] / r["tvm_ms"] for r in rows]),
         }
     doc["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     doc["wall_s"] = round(time.perf_counter() - t_start, 1)
