@@ -100,13 +100,14 @@ def test_cuda_kernels_are_precompiled_with_nvcc_and_served_to_the_runtime(tiny_g
 
 
 def _cuda_sources(graph, target):
-    """Compile again and return the CUDA source modules (compilation is deterministic)."""
-    import tvm
+    """Lower again through the same stages and return the CUDA source modules (compilation is deterministic)."""
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
-    mod, _ = relax.frontend.detach_params(from_exported_program(graph.source, keep_params_as_input=True))
-    ex = tvm.compile(mod, target=target.tvm_target())
+    from cogent_compiler.backends import pipeline
+
+    mod, params = relax.frontend.detach_params(from_exported_program(graph.source, keep_params_as_input=True))
+    ex, _ = pipeline.lower(mod, [p.numpy() for p in params["main"]], target.tvm_target())
     out, stack = [], [ex.mod]
     while stack:
         m = stack.pop()
