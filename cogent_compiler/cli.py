@@ -3,6 +3,7 @@
     cogentc MODEL --target arm,cuda -o out/      compile into a device+edge bundle
     cogentc inspect MODEL                        print the IR with costs
     cogentc plan MODEL --bandwidth 20mbit        print the candidate cuts and the choice
+    cogentc tunedb show|export|merge             the tuning databases (``--tune-budget`` fills them)
 
 Progress goes to stderr, results to stdout (``--json`` for machines).  A
 failure prints one line naming the problem and exits non-zero.
@@ -22,7 +23,7 @@ from cogent_compiler.errors import CogentError
 
 __all__ = ["main"]
 
-COMMANDS = ("compile", "inspect", "plan", "bench")
+COMMANDS = ("compile", "inspect", "plan", "bench", "tunedb")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
@@ -73,6 +74,21 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("-v", "--verbose", action="store_true", help="log details on stderr")
         p.add_argument("--debug", action="store_true", help="show Python tracebacks on failure")
         return p
+    if command == "tunedb":
+        p = argparse.ArgumentParser(
+            prog="cogentc tunedb",
+            description="Tuning databases: one per target, filled by `cogentc MODEL --tune-budget 20m`, applied by every later compile for that target.",
+        )
+        p.add_argument("action", choices=("show", "export", "merge"), help="show: list databases and kernels; export: write one as a file; merge: add a file's or folder's records")
+        p.add_argument("source", nargs="?", help="merge: an exported file or a database folder; export: the database (a folder name from `show`, or a target such as llvm)")
+        p.add_argument("-o", "--output", help="export: the file to write")
+        p.add_argument("--tunedb", metavar="DIR", help="database root (default $COGENT_TUNEDB or ~/.cache/cogent/tunedb)")
+        p.add_argument("--limit", type=int, default=10, help="show: kernels listed per database (default 10, slowest first)")
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+        p.add_argument("-v", "--verbose", action="store_true", help="log details on stderr")
+        p.add_argument("--debug", action="store_true", help="show Python tracebacks on failure")
+        return p
     if command == "plan":
         p = argparse.ArgumentParser(prog="cogentc plan", description="Score every single-tensor cut with the latency model and print them beside device-only and edge-only.")
         _add_model_args(p)
@@ -93,6 +109,13 @@ def _parser(command: str) -> argparse.ArgumentParser:
         help="runtime for each half: auto measures TVM and ONNX Runtime on this machine where both apply "
         "(llvm) and keeps the faster; arm and cuda halves use TVM (default auto)",
     )
+    p.add_argument("--tune-budget", metavar="TIME", help="tune the halves' kernels with MetaSchedule for this long, e.g. 20m (default: no tuning; "
+                   "records from earlier runs are still applied). Resumable: records are kept as they are measured")
+    p.add_argument("--tunedb", metavar="DIR", help="tuning database root (default $COGENT_TUNEDB or ~/.cache/cogent/tunedb)")
+    p.add_argument("--no-tunedb", action="store_true", help="ignore tuning databases (rule-based schedules only)")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure tuning candidates on the runners of this TVM RPC tracker (needed to tune arm or cuda from here)")
+    p.add_argument("--rpc-key", metavar="KEY", help="the key the tracker's runners registered with (rpc_server --key)")
+    p.add_argument("--rpc-workers", type=int, default=1, metavar="N", help="measurements in flight at once: the number of runners (default 1)")
     return p
 
 
@@ -130,7 +153,14 @@ def _options(args: argparse.Namespace) -> Any:
         resolve_target(t)
     extra = {}
     if hasattr(args, "output"):
-        extra = {"base_image": args.base_image, "fold_batch_norm": not args.no_fold_batch_norm, "backend": args.backend}
+        extra = {"base_image": args.base_image, "fold_batch_norm": not args.no_fold_batch_norm, "backend": args.backend,
+                 "tune_budget_s": parse_duration(args.tune_budget) if args.tune_budget else 0.0,
+                 "tunedb": args.tunedb, "use_tunedb": not args.no_tunedb,
+                 "rpc_tracker": args.rpc_tracker, "rpc_key": args.rpc_key, "rpc_workers": args.rpc_workers}
+        if args.rpc_tracker:
+            from cogent_compiler.backends.tuning import parse_rpc_tracker
+
+            parse_rpc_tracker(args.rpc_tracker, args.rpc_key, args.rpc_workers)  # fail before loading the model
     return CompileOptions(
         device_target=parts[0].strip(),
         edge_target=parts[1].strip(),
@@ -240,7 +270,49 @@ def _cmd_bench(args: argparse.Namespace, say: _Progress) -> int:
     return 0
 
 
+def _cmd_tunedb(args: argparse.Namespace, say: _Progress) -> int:
+    from pathlib import Path
+
+    from cogent_compiler.backends import tuning
+
+    root = Path(args.tunedb) if args.tunedb else tuning.tunedb_root()
+    if args.action == "merge":
+        if not args.source:
+            raise CogentError("cogentc tunedb merge: give the file or folder to merge, e.g. cogentc tunedb merge other-machine.tunedb.json")
+        folder, added, present = tuning.merge_database(Path(args.source), root)
+        say("merge", f"{args.source}: {added} records added, {present} already present")
+        print(json.dumps({"database": folder, "added": added, "present": present}) if args.json else f"{folder}: +{added} records ({present} already present)")
+        return 0
+    folders = list(tuning.iter_databases(root))
+    if args.action == "export":
+        if not args.output:
+            raise CogentError("cogentc tunedb export: give the file to write with -o, e.g. -o llvm.tunedb.json")
+        matches = [f for f in folders if args.source and (f.name == args.source or f.name.startswith(f"{args.source}-"))] if args.source else folders
+        if len(matches) != 1:
+            names = ", ".join(f.name for f in folders) or "none"
+            raise CogentError(f"cogentc tunedb export: {'no' if not matches else 'more than one'} database matches {args.source!r} under {root} (have: {names}); name one folder")
+        n = tuning.export_database(matches[0], Path(args.output))
+        print(json.dumps({"database": str(matches[0]), "records": n, "file": args.output}) if args.json else f"wrote {args.output}: {n} records of {matches[0].name}")
+        return 0
+    summaries = [tuning.summarize_database(f) for f in folders]
+    if args.json:
+        print(json.dumps([{**s.__dict__, "kernels": [{"name": k, "records": n, "best_ms": b} for k, n, b in s.kernels]} for s in summaries], indent=2))
+        return 0
+    if not summaries:
+        print(f"no tuning databases under {root}; `cogentc MODEL --tune-budget 20m` creates one")
+        return 0
+    for s in summaries:
+        print(f"{Path(s.folder).name}: {s.workloads} kernels, {s.records} records  ({s.target})")
+        ranked = sorted(s.kernels, key=lambda k: -(k[2] or 0.0))
+        for name, n, best in ranked[: max(0, args.limit)]:
+            print(f"  {name:<48} {n:>5} records  best {best:.4f} ms" if best is not None else f"  {name:<48} {n:>5} records  (none measured)")
+        if len(ranked) > args.limit:
+            print(f"  ... {len(ranked) - args.limit} more (--limit)")
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, _Progress], int]] = {
+    "tunedb": _cmd_tunedb,
     "bench": _cmd_bench,
     "compile": _cmd_compile,
     "inspect": _cmd_inspect,

@@ -48,6 +48,16 @@ class CompileOptions:
     fold_batch_norm: bool = True
     #: ``auto`` (measure TVM and ONNX Runtime where both apply, keep the faster), ``tvm`` or ``onnxruntime``
     backend: str = "auto"
+    #: seconds of MetaSchedule tuning before lowering (0: none; existing records are still applied)
+    tune_budget_s: float = 0.0
+    #: tuning database root (``None``: ``$COGENT_TUNEDB`` or the cache)
+    tunedb: str | None = None
+    #: apply tuning records at all (``--no-tunedb`` turns it off)
+    use_tunedb: bool = True
+    #: ``HOST:PORT`` of a TVM RPC tracker that measures tuning candidates, its runners' key and how many at once
+    rpc_tracker: str | None = None
+    rpc_key: str | None = None
+    rpc_workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,32 @@ def choose_plan(graph: Graph, model: LatencyModel, planner: str, cut: tuple[str,
     base = baseline_plans(graph, model)
     chosen = Plan("manual", tuple(cut), model.estimate(partition_at(graph, cut))) if cut else base[f"{planner}_only"]
     return PlanReport(graph.name, chosen, base, (), model.to_json())
+
+
+def _tune(options: CompileOptions, split: Any, device_t: TargetSpec, edge_t: TargetSpec, say: Progress,
+          timings: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tune the halves when asked, then open each half's tuning database; (tuning report, database) per role."""
+    from cogent_compiler.backends import tuning
+    from cogent_compiler.backends.tvm_backend import tvm_target_for
+    from cogent_compiler.runtime.executor import runtime_threads
+
+    if not options.use_tunedb:
+        return {}, {}
+    root = Path(options.tunedb) if options.tunedb else None
+    halves = [(role, program, split.kind, tvm_target_for(t))
+              for role, program, t in (("device", split.head, device_t), ("edge", split.tail, edge_t)) if program is not None]
+    reports: dict[str, Any] = {}
+    if options.tune_budget_s > 0:
+        t = time.perf_counter()
+        rpc = tuning.parse_rpc_tracker(options.rpc_tracker, options.rpc_key, options.rpc_workers) if options.rpc_tracker else None
+        reports = tuning.tune_halves(halves, budget_s=options.tune_budget_s, root=root, rpc=rpc, threads=runtime_threads(),
+                                     progress=lambda msg: say("tune", msg))
+        for role, r in reports.items():
+            if not r["tuned"]:
+                say("tune", f"{role}: not tuned: {r['reason']}")
+        timings["tune"] = time.perf_counter() - t
+    databases = {role: tuning.open_database(tvm_target, root) for role, _, _, tvm_target in halves}
+    return reports, {role: db for role, db in databases.items() if db is not None}
 
 
 def check_output_folder(out: Path) -> None:
@@ -165,6 +201,7 @@ def compile(
     timings["split"] = time.perf_counter() - t
 
     plan_json = report.to_json()["chosen"]
+    tuned, databases = _tune(options, split, device_t, edge_t, say, timings)
     try:
         halves = {}
         backends: dict[str, Any] = {}
@@ -176,8 +213,13 @@ def compile(
                 halves[role] = None
                 say(f"lower {role}", "nothing to run here")
             else:
-                halves[role], choice = choose_backend(program, split.kind, target, folder, name=f"{graph.name} {role}", candidates=candidates)
-                backends[role] = choice.to_json()
+                halves[role], choice = choose_backend(program, split.kind, target, folder, name=f"{graph.name} {role}",
+                                                      candidates=candidates, database=databases.get(role))
+                backends[role] = {**choice.to_json(), "stages": list(halves[role].stages), "tuning": tuned.get(role)}
+                if halves[role].tuned_kernels is not None:
+                    hits, kernels = halves[role].tuned_kernels
+                    backends[role]["tunedb"] = {"kernels": kernels, "with_record": hits}
+                    say(f"lower {role}", f"tuning database: {hits}/{kernels} kernels have a record")
                 say(f"lower {role}", f"{target.label}: {choice.backend} ({choice.reason}) in {time.perf_counter() - t:.1f}s")
             timings[f"lower_{role}"] = time.perf_counter() - t
 
@@ -198,7 +240,7 @@ def compile(
             inputs=split.sent, outputs=split.tail_outputs, plan=plan_json, base_image=options.base_image,
         )
         write_compose(staging, model=graph.name, edge_device=edge_t.device, base_image=options.base_image)
-        plan_doc = {**report.to_json(), "build": {"source": dict(source or {}), "options": dataclasses.asdict(options)}}
+        plan_doc = {**report.to_json(), "build": {"source": dict(source or {}), "options": dataclasses.asdict(options), "backends": backends}}
         (staging / "plan.json").write_text(json.dumps(plan_doc, indent=2) + "\n")
         timings["bundle"] = time.perf_counter() - t
         if out.exists():

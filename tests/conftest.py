@@ -15,6 +15,14 @@ if str(TESTS.parent) not in sys.path:  # benchmarks.models: the benchmark models
     sys.path.append(str(TESTS.parent))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_tunedb(tmp_path_factory):
+    """Compiles in tests never read or fill the user's tuning database (subprocesses inherit this)."""
+    import os
+
+    os.environ["COGENT_TUNEDB"] = str(tmp_path_factory.mktemp("tunedb"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """(nn.Module, example input) of a conv-bn-relu + residual + pool + linear net."""

@@ -44,6 +44,29 @@ def test_bad_inputs_get_one_line(capsys, tmp_path):
     _fails(capsys, ["tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--target", "llvm"], "two targets")
     _fails(capsys, ["tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--bandwidth", "fast"], "bandwidth", "20mbit")
     _fails(capsys, ["tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--cut", "nope", "-o", str(tmp_path / "o")], "'nope'")
+    _fails(capsys, ["tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--tune-budget", "soon"], "soon")
+    _fails(capsys, ["tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--rpc-tracker", "myboard"], "HOST:PORT")
+    _fails(capsys, ["tunedb", "export", "-o", str(tmp_path / "x.json"), "--tunedb", str(tmp_path / "none")], "no database")
+
+
+@pytest.mark.slow
+def test_tune_budget_fills_the_database_and_later_compiles_use_it(capsys, tmp_path):
+    db = tmp_path / "tunedb"
+    common = ["tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--planner", "device", "--backend", "tvm", "--tunedb", str(db), "--json"]
+    assert main([*common, "--tune-budget", "2s", "-o", str(tmp_path / "a")]) == 0
+    first = json.loads(capsys.readouterr().out)["backends"]["device"]
+    assert first["tuning"]["tuned"] and first["tuning"]["seeded"] == first["tuning"]["tasks"] > 0
+    assert first["tunedb"] == {"kernels": first["tuning"]["tasks"], "with_record": first["tuning"]["tasks"]}
+    assert any(s.startswith("apply-database") for s in first["stages"])
+    # a later compile, no tuning: every kernel is served from the database; plan.json says so
+    assert main([*common, "-o", str(tmp_path / "b")]) == 0
+    second = json.loads(capsys.readouterr().out)["backends"]["device"]
+    assert second["tuning"] is None and second["tunedb"] == first["tunedb"]
+    recorded = json.loads((tmp_path / "b" / "plan.json").read_text())["build"]["backends"]["device"]
+    assert recorded["tunedb"] == first["tunedb"] and recorded["backend"] == "tvm"
+    # --no-tunedb ignores it
+    assert main([*common, "--no-tunedb", "-o", str(tmp_path / "c")]) == 0
+    assert "tunedb" not in json.loads(capsys.readouterr().out)["backends"]["device"]
 
 
 def test_a_failed_compile_loses_nothing(capsys, tmp_path):

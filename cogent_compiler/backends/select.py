@@ -84,9 +84,9 @@ def backend_candidates(option: str) -> tuple[str, ...]:
     raise BackendError(f"--backend {option!r} is unknown; use one of {', '.join(BACKEND_OPTIONS)}")
 
 
-def _compile(backend: str, program: Any, kind: str, target: TargetSpec, out_dir: Path, name: str) -> CompiledModule:
+def _compile(backend: str, program: Any, kind: str, target: TargetSpec, out_dir: Path, name: str, database: Any = None) -> CompiledModule:
     if backend == "tvm":
-        return compile_program(program, kind, target, out_dir, name=name)
+        return compile_program(program, kind, target, out_dir, name=name, database=database)
     return compile_onnxruntime(program, kind, target, out_dir, name=name)
 
 
@@ -101,6 +101,7 @@ def choose_backend(
     repeats: int = 10,
     warmup: int = 2,
     budget_s: float = 30.0,
+    database: Any = None,
 ) -> tuple[CompiledModule, BackendChoice]:
     """Compile ``program`` into ``out_dir`` with the fastest applicable backend among ``candidates``.
 
@@ -108,7 +109,8 @@ def choose_backend(
     under ``out_dir/.candidates``, measured (``measure_backends``: ``warmup``
     runs, then up to ``repeats`` interleaved rounds of two runs each, at least
     3, stopping once ``budget_s`` seconds are spent), and the winner's files are moved into
-    ``out_dir``.  Raises ``BackendError`` for an unknown candidate, a forced
+    ``out_dir``.  TVM compiles apply ``database`` (a MetaSchedule database of
+    tuning records), so a tuned TVM half competes.  Raises ``BackendError`` for an unknown candidate, a forced
     backend that does not apply to ``target``, or a failed compile.
     """
     out_dir = Path(out_dir)
@@ -117,18 +119,18 @@ def choose_backend(
         raise BackendError(f"{name}: backend {', '.join(unknown) or '(none)'} is unknown; use one of {', '.join(CANDIDATES)}")
     ordered = [c for c in CANDIDATES if c in candidates]
     if len(ordered) == 1:
-        compiled = _compile(ordered[0], program, kind, target, out_dir, name)
+        compiled = _compile(ordered[0], program, kind, target, out_dir, name, database)
         return compiled, BackendChoice(ordered[0], f"chosen by --backend {ordered[0]}; not measured")
     ort_reason = onnxruntime_applies(target)
     applicable = [c for c in ordered if c != "onnxruntime" or ort_reason is None]
     if len(applicable) == 1:
-        compiled = _compile(applicable[0], program, kind, target, out_dir, name)
+        compiled = _compile(applicable[0], program, kind, target, out_dir, name, database)
         return compiled, BackendChoice(applicable[0], f"the only candidate: {ort_reason}")
 
     root = out_dir / _CANDIDATES_DIR
     shutil.rmtree(root, ignore_errors=True)
     try:
-        built = {"tvm": _compile("tvm", program, kind, target, root / "tvm", name)}
+        built = {"tvm": _compile("tvm", program, kind, target, root / "tvm", name, database)}
         try:
             built["onnxruntime"] = _compile("onnxruntime", program, kind, target, root / "onnxruntime", name)
             measured, threads, diff, scale = measure_backends(

@@ -58,6 +58,8 @@ class CompiledModule:
     stages: tuple[str, ...] = ()
     #: which runtime loads ``library``: ``tvm`` (a relax VM library) or ``onnxruntime`` (an ONNX model)
     backend: str = "tvm"
+    #: (kernels that had a tuning record, kernels) when compiled with a database
+    tuned_kernels: tuple[int, int] | None = None
 
 
 def _import(program: Any, kind: str) -> Any:
@@ -172,12 +174,20 @@ def compile_program(
             "install it (Debian: apt-get install g++-aarch64-linux-gnu)"
         )
     stages: tuple[str, ...] = ()
+    tuned = None
     try:
         if baseline:
             executable = tvm.compile(mod, target=target.tvm_target())
         else:
             tvm_target = tvm_target_for(target)
-            executable, weights = pipeline.lower(mod, weights, tvm_target, layout=layout, database=database)
+            # pipeline.lower's stages, with the database's coverage counted on the prepared kernels
+            mod = pipeline.prepare(mod, tvm_target, layout=layout)
+            mod, weights = pipeline.transform_params(mod, weights)
+            if database is not None:
+                from cogent_compiler.backends.tuning import database_hits
+
+                tuned = database_hits(mod, tvm_target, database)
+            executable = pipeline.build(pipeline.schedule(mod, tvm_target, database=database), tvm_target)
             stages = pipeline.stages_for(tvm_target)
     except BackendError:
         raise
@@ -198,7 +208,7 @@ def compile_program(
         np.savez(out_dir / PARAMS_NAME, **{f"p{i}": w for i, w in enumerate(weights)})
     dt = time.perf_counter() - t0
     log.info("%s: compiled for %s in %.1fs (%d parameters)", name, target.label, dt, len(weights))
-    return CompiledModule(LIBRARY_NAME, params_name, len(weights), dt, kernels, stages)
+    return CompiledModule(LIBRARY_NAME, params_name, len(weights), dt, kernels, stages, tuned_kernels=tuned)
 
 
 def _first_line(e: BaseException) -> str:
