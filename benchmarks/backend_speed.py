@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     doc.setdefault("results", [])
     doc.update({
         "benchmark": "backend_speed",
-        "command": "python benchmarks/backend_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        # every run that contributed rows (a --resume run adds its command)
+        "commands": [*doc.get("commands", []), "python benchmarks/backend_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)],
         "machine": machine(),
         "threads": args.threads,
         "input_shape": list(SHAPE),
