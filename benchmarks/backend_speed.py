@@ -17,11 +17,13 @@ the same count):
 - ``tvm_untuned``: Cogent's pipeline (``backends/pipeline.py``) without a database;
 - ``tvm_tuned``: after MetaSchedule tuning (``backends/tuning.py``) to each
   cumulative budget in minutes (one resumed run: 5, then 15 more for 20, ...);
-- ``chosen``: what ``choose_backend`` keeps for the bundle (the database applied) and why.
+- ``chosen``: what ``choose_backend`` keeps for the bundle (the database applied) and why;
+  its time is that of the same compile above (``chosen_same_as``: ``ort`` or the last ``tvm_tuned``).
 
-Then one child process (thread counts fixed before TVM's pool starts) times
-them all beside PyTorch eager, interleaved (``benchmarks/common.py``);
-``tvm_default`` in 3 rounds only.  Results are written after every model, so
+Then each backend and PyTorch eager is timed in its own process (thread
+counts fixed before any pool starts), ``--rounds`` rounds in rotated order:
+in one process, ONNX Runtime's and OpenMP's idle pools spin and slowed the
+other backends 2-3x.  ``tvm_default`` runs once per round.  Results are written after every model, so
 ``--resume`` skips models already done with every requested budget.
 
 Writes ``benchmarks/results/backend_speed.json`` with the machine it ran on.
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,12 +48,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import artifact_runner, geomean, interleaved_medians, machine, medians  # noqa: E402
+from benchmarks.common import artifact_runner, geomean, machine  # noqa: E402
 from benchmarks.models import BENCHMARK_MODELS, benchmark_graph, example_input, torch_model  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "backend_speed.json"
 SHAPE = (1, 3, 224, 224)
-DEFAULT_ROUNDS = 3
 
 
 def _say(t0: float, msg: str) -> None:
@@ -97,31 +99,63 @@ def _build_model(name: str, folder: Path, budgets: list[float], tunedb: Path, th
     compiled, choice = choose_backend(graph.source, "torch", llvm, folder / "chosen", name=name, database=db)
     row["compile_s"]["chosen"] = round(time.perf_counter() - t, 1)
     row["chosen_backend"], row["chosen_reason"] = choice.backend, choice.reason
+    row["chosen_twin"] = "ort" if choice.backend == "onnxruntime" else f"tvm_tuned_{budgets[-1]:g}" if budgets else "tvm_untuned"
+    shutil.rmtree(folder / "chosen")
     _say(t0, f"{name}: bundle would use {choice.backend} ({choice.reason})")
     return row
 
 
-def _measure(name: str, folder: Path, labels: list[str], threads: int, repeats: int, warmup: int) -> dict[str, Any]:
-    """Child process: time torch and every artifact folder in ``labels`` interleaved."""
+def _time_one(name: str, folder: Path, label: str, threads: int, runs: int, warmup: int) -> list[float]:
+    """Child process: ``warmup`` then ``runs`` timed inferences of one backend; its output goes to ``folder/out-<label>.npy``."""
     import torch
     import tvm
 
     torch.set_num_threads(threads)
     assert int(tvm.runtime.num_threads()) == threads, (tvm.runtime.num_threads(), threads)
     x = np.load(folder / "x.npy")
-    model = torch_model(name)
-    xt = torch.from_numpy(x)
+    if label == "torch":
+        model, xt = torch_model(name), torch.from_numpy(x)
 
-    def eager() -> np.ndarray:
-        with torch.inference_mode():
-            return model(xt).numpy()
+        def run() -> np.ndarray:
+            with torch.inference_mode():
+                return model(xt).numpy()
+    else:
+        run = artifact_runner(folder / label, x, threads)
+    np.save(folder / f"out-{label}.npy", np.asarray(run()))
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
 
-    runners = {"torch": eager, **{label: artifact_runner(folder / label, x, threads) for label in labels}}
-    reference = eager()
-    err = {k: float(f"{float(np.abs(np.asarray(run()) - reference).max()):.3g}") for k, run in runners.items() if k != "torch"}
-    times = interleaved_medians(runners, repeats, warmup, few={"tvm_default": DEFAULT_ROUNDS})
-    return {"ms": medians(times), "runs": {k: len(v) for k, v in times.items()}, "max_abs_err_vs_torch": err,
-            "reference_max_abs": float(f"{float(np.abs(reference).max()):.3g}")}
+
+def _measure(name: str, folder: Path, labels: list[str], threads: int, rounds: int, runs: int, warmup: int) -> dict[str, Any]:
+    """Time torch and each artifact folder, each in its own process, ``rounds`` rounds in rotated order.
+
+    One process per backend per round: a runtime's idle thread pool (ONNX
+    Runtime's and OpenMP's spin for a while) then never competes with another
+    backend's run, and rounds spread slow drifts of a shared machine over all.
+    ``tvm_default`` (tens of times slower) runs once per round.
+    """
+    import statistics
+
+    labels = ["torch", *labels]
+    times: dict[str, list[float]] = {k: [] for k in labels}
+    for r in range(rounds):
+        for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+            n, w = (1, 0) if label == "tvm_default" else (runs, warmup)
+            cmd = [sys.executable, __file__, "--threads", str(threads), "--_child", name, str(folder), label, str(n), str(w)]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+            if out.returncode != 0:
+                raise RuntimeError(f"{name} {label}: {out.stderr[-2000:]}")
+            times[label] += json.loads(out.stdout.strip().splitlines()[-1])
+    reference = np.load(folder / "out-torch.npy")
+    err = {k: float(f"{float(np.abs(np.load(folder / f'out-{k}.npy') - reference).max()):.3g}") for k in labels if k != "torch"}
+    return {"ms": {k: round(statistics.median(v), 3) for k, v in times.items()}, "runs": {k: len(v) for k, v in times.items()},
+            "max_abs_err_vs_torch": err, "reference_max_abs": float(f"{float(np.abs(reference).max()):.3g}")}
 
 
 def _summarize(doc: dict[str, Any]) -> None:
@@ -141,19 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(BENCHMARK_MODELS), help=f"comma-separated (default {','.join(BENCHMARK_MODELS)})")
     p.add_argument("--budgets", default="5,20,60", help="cumulative tuning budgets in minutes (default 5,20,60)")
     p.add_argument("--threads", type=int, default=2, help="threads for every backend and for tuning measurements (default 2)")
-    p.add_argument("--repeats", type=int, default=15, help="timed rounds (default 15)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs per backend first (default 3)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; each backend runs in its own process once per round (default 3)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per backend per round (default 10; tvm_default: 1)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs per backend per round first (default 3)")
     p.add_argument("--tunedb", type=Path, help="tuning database root (default: <cache>/bench-tunedb/<output name>, emptied unless --resume)")
     p.add_argument("--resume", action="store_true", help="keep the output's finished models and database; do the rest")
     p.add_argument("-o", "--output", type=Path, default=DEFAULT_OUT, help=f"result JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
-    p.add_argument("--_child", nargs=3, metavar=("MODEL", "FOLDER", "LABELS"), help=argparse.SUPPRESS)
+    p.add_argument("--_child", nargs=5, metavar=("MODEL", "FOLDER", "LABEL", "RUNS", "WARMUP"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    os.environ["TVM_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before TVM's pool starts
     if args._child:
-        name, folder, labels = args._child
-        print(json.dumps(_measure(name, Path(folder), labels.split(","), args.threads, args.repeats, args.warmup)))
+        name, folder, label, runs, warmup = args._child
+        print(json.dumps(_time_one(name, Path(folder), label, args.threads, int(runs), int(warmup))))
         return 0
 
-    os.environ["TVM_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before TVM's pool starts
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     from cogent_compiler.backends.tuning import tunedb_root
 
@@ -163,8 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and args.output.exists():
         doc = json.loads(args.output.read_text())
     elif tunedb.exists() and not args.tunedb:
-        import shutil
-
         shutil.rmtree(tunedb)  # a fresh database: hits on later models come from earlier ones in this run
     doc.setdefault("results", [])
     doc.update({
@@ -174,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "threads": args.threads,
         "input_shape": list(SHAPE),
-        "repeats": args.repeats,
+        "rounds": args.rounds, "runs_per_round": args.runs,
         "tunedb": str(tunedb),
-        "note": "median ms per inference, all backends interleaved in one process per model with the same thread count; "
+        "note": "median ms per inference over rounds x runs, each backend in its own process per round (rotated order), same thread count; "
         "torch = PyTorch eager (unfolded model); ort = ONNX Runtime; tvm_default = TVM 0.27's default pipeline; "
         "tvm_untuned = Cogent's pipeline without tuning; tvm_tuned = with the tuning database after each cumulative budget "
         "(minutes); chosen = the backend the bundle's measured choice keeps",
@@ -189,23 +222,19 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="cogent-speed-") as tmp:
             folder = Path(tmp)
             row = _build_model(name, folder, budgets, tunedb, args.threads, t0)
-            labels = ["ort", "tvm_default", "tvm_untuned", *[f"tvm_tuned_{b:g}" for b in budgets], "chosen"]
-            cmd = [sys.executable, __file__, "--threads", str(args.threads), "--repeats", str(args.repeats),
-                   "--warmup", str(args.warmup), "--_child", name, str(folder), ",".join(labels)]
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-            if r.returncode != 0:
-                print(r.stderr[-3000:], file=sys.stderr)
-                return 1
-            m = json.loads(r.stdout.strip().splitlines()[-1])
+            labels = ["ort", "tvm_default", "tvm_untuned", *[f"tvm_tuned_{b:g}" for b in budgets]]
+            m = _measure(name, folder, labels, args.threads, args.rounds, args.runs, args.warmup)
         ms = m["ms"]
         row.update({
             "torch_ms": ms["torch"], "ort_ms": ms["ort"], "tvm_default_ms": ms["tvm_default"], "tvm_untuned_ms": ms["tvm_untuned"],
-            "tvm_tuned_ms": {f"{b:g}": ms[f"tvm_tuned_{b:g}"] for b in budgets}, "chosen_ms": ms["chosen"],
+            "tvm_tuned_ms": {f"{b:g}": ms[f"tvm_tuned_{b:g}"] for b in budgets},
+            # the bundle's artifact is the same compile as this one (choose_backend compiled it the same way)
+            "chosen_same_as": row["chosen_twin"], "chosen_ms": ms[row.pop("chosen_twin")],
             "runs": m["runs"], "max_abs_err_vs_torch": m["max_abs_err_vs_torch"], "reference_max_abs": m["reference_max_abs"],
         })
         tuned = ", ".join(f"{b}m {v:.1f}" for b, v in row["tvm_tuned_ms"].items())
         _say(t0, f"{name}: torch {ms['torch']:.1f} ms, ort {ms['ort']:.1f}, tvm untuned {ms['tvm_untuned']:.1f}, "
-             f"tuned {tuned}, chosen {row['chosen_backend']} {ms['chosen']:.1f}")
+             f"tuned {tuned}, chosen {row['chosen_backend']} {row['chosen_ms']:.1f}")
         doc["results"] = [r for r in doc["results"] if r["model"] != name] + [row]
         _summarize(doc)
         doc["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]

@@ -4,7 +4,8 @@
 to the target (TVM always; ONNX Runtime for CPU halves of this machine's
 architecture, see ``onnxruntime_applies``), runs each on the same random
 input with the thread count the runtime will use (``runtime_threads``),
-interleaved, and keeps the fastest by median time; TVM wins ties.  When the
+each in its own process, three rounds in rotated order, and keeps the
+fastest by median time; TVM wins ties.  When the
 candidates' outputs disagree (beyond ``AGREEMENT_RTOL``/``AGREEMENT_ATOL``),
 ONNX Runtime is kept whatever the times, and the reason says so.  Targets
 that are not this machine (``arm`` from x86, ``cuda``) cannot be measured
@@ -18,9 +19,14 @@ outputs differ, for the compile report.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -183,21 +189,18 @@ def measure_backends(
     """Median milliseconds per backend, the threads used, the outputs' largest difference and largest magnitude.
 
     ``compiled`` maps a backend to the folder its ``CompiledModule`` was
-    written to.  Every backend runs the same seeded random input; rounds are
-    interleaved (each round in a rotated order) so that background load hits
-    all of them alike, and in each round a backend runs twice back to back with
-    the second run timed.  Threads follow the runtime's rule (``runtime_threads``).
+    written to.  Every backend runs the same seeded random input, in its own
+    process (``_time_in_child``), ``repeats // 3`` timed runs in each of three
+    rounds in rotated order, so background load hits all of them alike.
+    Threads follow the runtime's rule (``runtime_threads``).
     """
     from cogent_compiler.runtime.executor import runtime_threads
 
     threads = runtime_threads()
-    runners: dict[str, Callable[[list[np.ndarray]], list[np.ndarray]]] = {}
-    specs: list[tuple[tuple[int, ...], np.dtype[Any]]] | None = None
-    for backend, (folder, module) in compiled.items():
+    specs: list[tuple[tuple[int, ...], Any]] | None = None
+    for folder, module in compiled.values():
         if module.backend == "onnxruntime":
-            runners[backend], specs = _onnxruntime_runner(folder / module.library, threads)
-        else:
-            runners[backend] = _tvm_runner(folder, module, threads)
+            _, specs = _onnxruntime_runner(folder / module.library, threads)  # its session ends here
     if specs is None:
         raise BackendError("measuring backends needs an ONNX Runtime candidate to read the input shapes from")
     rng = np.random.default_rng(seed)
@@ -205,7 +208,23 @@ def measure_backends(
         rng.standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating) else np.zeros(shape, dtype)
         for shape, dtype in specs
     ]
-    outputs = {b: run(inputs) for b, run in runners.items()}
+    names = list(compiled)
+    times: dict[str, list[float]] = {b: [] for b in names}
+    outputs: dict[str, list[np.ndarray]] = {}
+    rounds = 3
+    runs = max(1, repeats // rounds)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cogent-measure-") as tmp:
+        np.savez(Path(tmp) / "inputs.npz", *inputs)
+        for r in range(rounds):
+            for b in names[r % len(names):] + names[: r % len(names)]:
+                folder, module = compiled[b]
+                times[b] += _time_in_child(folder, module, threads, Path(tmp), runs, warmup if r == 0 else 1)
+                if b not in outputs:
+                    with np.load(Path(tmp) / "outputs.npz") as z:
+                        outputs[b] = [z[f"arr_{i}"] for i in range(len(z.files))]
+            if time.perf_counter() - start > budget_s:
+                break
     diff = 0.0
     first = next(iter(outputs.values()))
     scale = max((float(np.max(np.abs(a))) for a in first if a.size and np.issubdtype(a.dtype, np.number)), default=0.0)
@@ -214,23 +233,46 @@ def measure_backends(
             if a.shape != b.shape:
                 raise BackendError(f"backends disagree on an output's shape: {a.shape} vs {b.shape}")
             diff = max(diff, float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0)
-    for run in runners.values():
-        for _ in range(max(warmup - 1, 0)):  # the output check above was the first warm-up run
-            run(inputs)
-    names = list(runners)
-    times: dict[str, list[float]] = {b: [] for b in names}
-    start = time.perf_counter()
-    for r in range(max(repeats, 1)):
-        for b in names[r % len(names):] + names[: r % len(names)]:
-            # Untimed first: a thread pool keeps spinning on the cores for a while after
-            # its last run, which slowed the other backend's next run 2-3x with 2 threads.
-            runners[b](inputs)
-            t0 = time.perf_counter()
-            runners[b](inputs)
-            times[b].append((time.perf_counter() - t0) * 1e3)
-        if r + 1 >= 3 and time.perf_counter() - start > budget_s:
-            break
     return {b: statistics.median(v) for b, v in times.items()}, threads, diff, scale
+
+
+def _time_in_child(folder: Path, module: CompiledModule, threads: int, tmp: Path, runs: int, warmup: int) -> list[float]:
+    """Time one candidate in a fresh process with the runtime's thread count; its outputs go to ``tmp/outputs.npz``.
+
+    One process per candidate and round: in one process, each runtime's idle
+    thread pool (ONNX Runtime's, TVM's) spins on the cores and slowed the other
+    candidate 2-3x with 2 threads, whichever ran second.
+    """
+    env = {**os.environ, "TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    spec = json.dumps({"folder": str(folder), "library": module.library, "params": module.params, "backend": module.backend,
+                       "threads": threads, "runs": runs, "warmup": warmup, "tmp": str(tmp)})
+    r = subprocess.run([sys.executable, "-c", f"from cogent_compiler.backends.select import _child; _child({spec!r})"],
+                       capture_output=True, text=True, env=env, timeout=1800)
+    if r.returncode != 0:
+        raise BackendError(f"measuring the {module.backend} candidate failed: {(r.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _child(spec_json: str) -> None:
+    """Entry point of ``_time_in_child``'s process: prints the timed runs' milliseconds as JSON."""
+    spec = json.loads(spec_json)
+    folder, tmp = Path(spec["folder"]), Path(spec["tmp"])
+    module = CompiledModule(spec["library"], spec["params"], 0, 0.0, backend=spec["backend"])
+    with np.load(tmp / "inputs.npz") as z:
+        inputs = [z[f"arr_{i}"] for i in range(len(z.files))]
+    if module.backend == "onnxruntime":
+        run, _ = _onnxruntime_runner(folder / module.library, spec["threads"])
+    else:
+        run = _tvm_runner(folder, module, spec["threads"])
+    np.savez(tmp / "outputs.npz", *run(inputs))
+    for _ in range(spec["warmup"]):
+        run(inputs)
+    out = []
+    for _ in range(spec["runs"]):
+        t0 = time.perf_counter()
+        run(inputs)
+        out.append((time.perf_counter() - t0) * 1e3)
+    print(json.dumps(out))
 
 
 _ORT_DTYPES = {
