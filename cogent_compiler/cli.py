@@ -4,6 +4,7 @@
     cogentc inspect MODEL                        print the IR with costs
     cogentc plan MODEL --bandwidth 20mbit        print the candidate cuts and the choice
     cogentc tunedb show|export|merge             the tuning databases (``--tune-budget`` fills them)
+    cogentc profile --target llvm -o dev.json    measure this machine into a profile (``--device-profile``)
 
 Progress goes to stderr, results to stdout (``--json`` for machines).  A
 failure prints one line naming the problem and exits non-zero.
@@ -23,7 +24,7 @@ from cogent_compiler.errors import CogentError
 
 __all__ = ["main"]
 
-COMMANDS = ("compile", "inspect", "plan", "bench", "tunedb")
+COMMANDS = ("compile", "inspect", "plan", "bench", "tunedb", "profile")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
@@ -45,6 +46,8 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtt", default="10ms", help="link round-trip time, e.g. 10ms (default 10ms)")
     p.add_argument("--device-gmacs", type=float, metavar="G", help="device throughput in GMAC/s for the estimate (default per target: arm 2, llvm 10)")
     p.add_argument("--edge-gmacs", type=float, metavar="G", help="edge throughput in GMAC/s for the estimate (default per target: llvm 10, cuda 500)")
+    p.add_argument("--device-profile", metavar="FILE", help="predict device compute from this measured profile (`cogentc profile`) instead of --device-gmacs")
+    p.add_argument("--edge-profile", metavar="FILE", help="predict edge compute from this measured profile (`cogentc profile`) instead of --edge-gmacs")
     p.add_argument("--planner", default="single-cut", choices=("single-cut", "mincut", "device", "edge"),
                    help="how to choose the cut: best single tensor (default), min-cut over the whole DAG (DADS), or a baseline")
     p.add_argument("--cut", metavar="TENSOR[,TENSOR...]", help="force this cut (tensor names from `cogentc inspect`) instead of planning")
@@ -89,6 +92,24 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("-v", "--verbose", action="store_true", help="log details on stderr")
         p.add_argument("--debug", action="store_true", help="show Python tracebacks on failure")
         return p
+    if command == "profile":
+        p = argparse.ArgumentParser(
+            prog="cogentc profile",
+            description="Measure reference layers (conv2d, linear, pooling, element-wise) compiled as a bundle compiles them, "
+            "on this machine, and write a profile for --device-profile/--edge-profile. Resumable: run again with the same -o to go on.",
+        )
+        p.add_argument("--target", default="llvm", help="the target to measure: llvm (this CPU); arm and cuda need --rpc, not implemented yet")
+        p.add_argument("-o", "--output", required=True, metavar="FILE", help="the profile JSON to write (an existing one of the same target, quota and threads is resumed)")
+        p.add_argument("--cpu-quota", type=float, metavar="Q", help="time under a CPU quota, a fraction of one core such as 0.1, to emulate a weak device (needs root)")
+        p.add_argument("--budget", default="10m", metavar="TIME", help="stop adding samples after this long, e.g. 30s, 10m (default 10m)")
+        p.add_argument("--threads", type=int, metavar="N", help="TVM runtime threads (default: TVM_NUM_THREADS, else half the cores)")
+        p.add_argument("--rpc", metavar="HOST:PORT", help="measure an arm or cuda target through a TVM RPC tracker (not implemented yet)")
+        p.add_argument("--only", metavar="OPS", help="measure only these op kinds, e.g. conv2d,linear")
+        p.add_argument("--json", action="store_true", help="print a summary as JSON on stdout")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+        p.add_argument("-v", "--verbose", action="store_true", help="log details on stderr")
+        p.add_argument("--debug", action="store_true", help="show Python tracebacks on failure")
+        return p
     if command == "plan":
         p = argparse.ArgumentParser(prog="cogentc plan", description="Score every single-tensor cut with the latency model and print them beside device-only and edge-only.")
         _add_model_args(p)
@@ -97,7 +118,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cogentc",
         description="Compile a model into a device half and an edge half that run together over a network.",
-        epilog="other commands: cogentc inspect MODEL, cogentc plan MODEL (each has --help)",
+        epilog="other commands: cogentc inspect MODEL, cogentc plan MODEL, cogentc profile, cogentc bench BUNDLE, cogentc tunedb (each has --help)",
     )
     _add_model_args(p)
     _add_plan_args(p)
@@ -151,6 +172,12 @@ def _options(args: argparse.Namespace) -> Any:
 
     for t in parts:
         resolve_target(t)
+    from cogent_compiler.cost import load_profile
+
+    # a wrong or foreign profile fails here, before the model is loaded
+    for flag, path, t in (("--device-profile", args.device_profile, parts[0]), ("--edge-profile", args.edge_profile, parts[1])):
+        if path:
+            load_profile(path, expect_target=resolve_target(t).label)
     extra = {}
     if hasattr(args, "output"):
         extra = {"base_image": args.base_image, "fold_batch_norm": not args.no_fold_batch_norm, "backend": args.backend,
@@ -168,6 +195,8 @@ def _options(args: argparse.Namespace) -> Any:
         rtt_s=parse_duration(args.rtt),
         device_gmacs=args.device_gmacs,
         edge_gmacs=args.edge_gmacs,
+        device_profile=args.device_profile,
+        edge_profile=args.edge_profile,
         planner=args.planner,
         cut=tuple(t.strip() for t in args.cut.split(",") if t.strip()) if args.cut else (),
         **extra,
@@ -204,7 +233,32 @@ def _cmd_plan(args: argparse.Namespace, say: _Progress) -> int:
         lat = p.predicted
         print(f"{p.name[:36]:<36} {lat.device_ms:>10.2f} {lat.transfer_ms:>12.2f} {lat.edge_ms:>10.2f} {lat.total_ms:>10.2f}{mark}")
     sp = ", ".join(f"{k} {v:.2f}x" for k, v in report.speedups().items())
-    print(f"predicted speedup of the chosen plan: {sp} (latency model: {model.device.source} throughputs)")
+    print(f"predicted speedup of the chosen plan: {sp} (latency model: device {_source(model.device.source)}, edge {_source(model.edge.source)})")
+    return 0
+
+
+def _source(source: str) -> str:
+    return source if source.startswith("profile") else f"{source} throughput"
+
+
+def _cmd_profile(args: argparse.Namespace, say: _Progress) -> int:
+    from cogent_compiler.cost import parse_duration
+    from cogent_compiler.cost.profiler import measure_profile, reference_layers
+
+    if args.rpc:
+        raise CogentError(f"cogentc profile --rpc {args.rpc}: profiling through a TVM RPC runner is not implemented yet; only llvm (this CPU) can be profiled")
+    budget = parse_duration(args.budget, default_unit="s")
+    layers = reference_layers(t.strip() for t in args.only.split(",") if t.strip()) if args.only else None
+    profile = measure_profile(args.target, args.output, budget_s=budget, cpu_quota=args.cpu_quota, threads=args.threads,
+                              layers=layers, progress=lambda msg: say("profile", msg))
+    summary = {"profile": args.output, "target": profile.target, "samples": len(profile.samples), "cpu_quota": profile.cpu_quota,
+               "threads": profile.threads, "fits": {k: {"samples": v["samples"], "median_rel_err": v["median_rel_err"]} for k, v in profile.fits.items()}}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{args.output}: {len(profile.samples)} samples on {profile.target}; fits (samples, median in-sample error):")
+        for k, v in profile.fits.items():
+            print(f"  {k:<24} {v['samples']:>4}  {100 * v['median_rel_err']:5.1f} %")
     return 0
 
 
@@ -312,6 +366,7 @@ def _cmd_tunedb(args: argparse.Namespace, say: _Progress) -> int:
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, _Progress], int]] = {
+    "profile": _cmd_profile,
     "tunedb": _cmd_tunedb,
     "bench": _cmd_bench,
     "compile": _cmd_compile,

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from cogent_compiler.backends.targets import TargetSpec, resolve_target
-from cogent_compiler.cost.latency import DEFAULT_GMACS, ComputeModel, LatencyModel, Link
+from cogent_compiler.cost.latency import DEFAULT_GMACS, ComputeCost, ComputeModel, LatencyModel, Link
+from cogent_compiler.cost.predictor import ProfileComputeModel
 from cogent_compiler.errors import BundleError, PlanError
 from cogent_compiler.ir import Graph
 from cogent_compiler.passes import FoldBatchNorm, PassManager, partition_at, split_program
@@ -42,6 +43,9 @@ class CompileOptions:
     rtt_s: float = 0.010
     device_gmacs: float | None = None
     edge_gmacs: float | None = None
+    #: measured profiles (``cogentc profile``) that replace the GMAC/s estimates, per side
+    device_profile: str | None = None
+    edge_profile: str | None = None
     planner: str = "single-cut"
     cut: tuple[str, ...] = ()
     base_image: str = "python:3.11-slim"
@@ -86,15 +90,20 @@ class CompileResult:
 
 
 def latency_model_for(device: TargetSpec, edge: TargetSpec, options: CompileOptions) -> LatencyModel:
-    """The flags-only latency model: user throughputs, or labelled defaults per target kind."""
-    def compute(role: str, t: TargetSpec, given: float | None) -> ComputeModel:
+    """The latency model: per side a measured profile if given, else the user's throughput or a labelled default.
+
+    Raises ``ProfileError`` for a profile that cannot be read or was measured for another target.
+    """
+    def compute(role: str, t: TargetSpec, given: float | None, profile: str | None) -> ComputeCost:
+        if profile:
+            return ProfileComputeModel.from_file(f"{role}:{t.label}", profile, expect_target=t.label)
         if given is not None:
             return ComputeModel(f"{role}:{t.label}", given, source="flag")
         return ComputeModel(f"{role}:{t.label}", DEFAULT_GMACS[t.kind], source="default estimate")
 
     return LatencyModel(
-        device=compute("device", device, options.device_gmacs),
-        edge=compute("edge", edge, options.edge_gmacs),
+        device=compute("device", device, options.device_gmacs, options.device_profile),
+        edge=compute("edge", edge, options.edge_gmacs, options.edge_profile),
         link=Link(options.bandwidth_bps, options.rtt_s),
     )
 
@@ -191,7 +200,8 @@ def compile(
     report = choose_plan(graph, lat, options.planner, options.cut)
     c = report.chosen
     say("plan", f"{c.name if options.cut else options.planner}: cut at {', '.join(c.cut)} — predicted {c.predicted.total_ms:.1f} ms "
-        f"(device {c.predicted.device_ms:.1f} + transfer {c.predicted.transfer_ms:.1f} + edge {c.predicted.edge_ms:.1f})")
+        f"(device {c.predicted.device_ms:.1f} + transfer {c.predicted.transfer_ms:.1f} + edge {c.predicted.edge_ms:.1f}; "
+        f"device compute from {lat.device.source}, edge from {lat.edge.source})")
     timings["plan"] = time.perf_counter() - t
 
     t = time.perf_counter()

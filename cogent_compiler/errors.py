@@ -18,6 +18,10 @@ __all__ = [
     "RuntimeFailure",
     "ProtocolError",
     "TamperedBundleError",
+    "ProfileError",
+    "ProfileFormatError",
+    "ProfileTargetError",
+    "MissingFitError",
 ]
 
 
@@ -63,3 +67,19 @@ class ProtocolError(RuntimeFailure):
 
 class TamperedBundleError(RuntimeFailure):
     """A bundle file's sha256 does not match its manifest."""
+
+
+class ProfileError(CogentError):
+    """A hardware profile could not be measured, read, written or used."""
+
+
+class ProfileFormatError(ProfileError):
+    """A file is not a Cogent profile, or one of a schema version this release does not read."""
+
+
+class ProfileTargetError(ProfileError):
+    """A profile measured for one target is used for another."""
+
+
+class MissingFitError(ProfileError):
+    """A profile has no fit for an op kind the model uses; the target must be re-profiled."""

@@ -16,7 +16,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.mark.parametrize(
     "cmd",
-    [["cogentc"], ["cogentc", "inspect"], ["cogentc", "plan"], ["cogent-edge", "serve"], ["cogent-device", "run"]],
+    [["cogentc"], ["cogentc", "inspect"], ["cogentc", "plan"], ["cogentc", "profile"], ["cogent-edge", "serve"], ["cogent-device", "run"]],
 )
 def test_every_command_has_help(cmd):
     r = subprocess.run([str(BIN / cmd[0]), *cmd[1:], "--help"], capture_output=True, text=True, timeout=120)

@@ -2,26 +2,46 @@
 
 It is an *estimate*: compute time is MACs divided by a throughput the user
 states (``--device-gmacs``) plus a fixed cost per op, and transfer time is
-bytes over bandwidth plus one round trip.  Measured profiles replace the
-compute part in a later stage; every number this model produces is labelled
-``predicted``.
+bytes over bandwidth plus one round trip.  A measured profile replaces the
+compute part (``predictor.ProfileComputeModel``, any ``ComputeCost``); every
+number this model produces is labelled ``predicted``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cogent_compiler.errors import CogentError
 from cogent_compiler.ir import Node
 from cogent_compiler.passes.partition import Partition
 
-__all__ = ["ComputeModel", "Link", "Latency", "LatencyModel", "DEFAULT_GMACS"]
+__all__ = ["ComputeCost", "ComputeModel", "Link", "Latency", "LatencyModel", "DEFAULT_GMACS"]
 
 #: Default throughputs (GMAC/s) per target kind when the user gives none: rough
 #: figures for a Cortex-A72-class board, a desktop core and a datacenter GPU.
 DEFAULT_GMACS: Mapping[str, float] = {"arm": 2.0, "llvm": 10.0, "cuda": 500.0}
+
+
+class ComputeCost(Protocol):
+    """What ``LatencyModel`` needs of a compute model: ``ComputeModel`` or ``ProfileComputeModel``.
+
+    ``nodes_ms`` gets the nodes of one half together (so a model may account
+    for fusion between them); ``node_ms`` one node as a kernel of its own.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+    def node_ms(self, node: Node) -> float: ...
+
+    def nodes_ms(self, nodes: Iterable[Node]) -> float: ...
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -84,8 +104,8 @@ class Latency:
 
 @dataclass(frozen=True)
 class LatencyModel:
-    device: ComputeModel
-    edge: ComputeModel
+    device: ComputeCost
+    edge: ComputeCost
     link: Link
 
     def estimate(self, partition: Partition) -> Latency:

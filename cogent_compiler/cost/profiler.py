@@ -1,0 +1,441 @@
+"""Measure reference layers on this machine and write a hardware profile (``cogentc profile``).
+
+Each reference layer (``LayerSpec``) is a small ``torch.nn.Module`` exported
+with ``torch.export`` and traced with Cogent's frontend, so a sample's
+features (MACs, bytes) are computed exactly as for a user's model; it is
+compiled by ``backends.tvm_backend.compile_program`` — the pipeline a bundle
+uses (rule-based schedules; no tuning database) — and timed with the TVM
+runtime in a separate worker process (``profile_worker``).  Convolutions are
+measured with their bias and ReLU epilogue, which TVM fuses into the kernel.
+
+The worker runs with ``TVM_NUM_THREADS=threads`` and, with ``cpu_quota``, in a
+cgroup v1 CPU group (period 10 ms, pinned to core 0), the way
+``testbed.emulation`` holds an emulated device to its quota; that needs root.
+
+Measuring stops before a layer once ``budget_s`` is spent.  After every layer
+the profile (samples and fits) is written to ``out``, so an interrupted run
+loses at most one layer, and a run on an existing ``out`` of the same target,
+quota and threads keeps its samples and measures only the missing layers.
+
+Only this machine's CPU (``llvm``) can be measured: ``arm`` and ``cuda`` need
+a TVM RPC runner on the target (``--rpc``), which is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any
+
+from cogent_compiler.cost.profile import Profile, Sample, load_profile, save_profile, target_kind
+from cogent_compiler.errors import ProfileError
+
+__all__ = ["LayerSpec", "REFERENCE_OPS", "RESIDUAL", "reference_layers", "measure_profile", "BOUNDARY_KERNEL"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+#: The reference layer whose sample is the cost of a residual add fused into a convolution.
+RESIDUAL = "conv2d+add"
+#: Kernels a lone layer needs only because it is alone: layout changes of its input and output
+#: (NCHW <-> NHWC around a convolution); inside a model they are not there.
+BOUNDARY_KERNEL = re.compile(r"^(transpose|layout_transform)\d*$")
+#: Period of the quota cgroup (as the testbed's device): short, so throttling comes in small steps.
+QUOTA_PERIOD_US = 10_000
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One reference layer: ``kind`` (an IR op kind, or ``conv2d+add``) with its shape parameters.
+
+    ``channels`` are input channels (``in_features`` for linear), ``size`` the
+    input's height and width (unused for linear).  ``conv2d`` layers carry
+    their bias and ReLU (the epilogue TVM fuses); ``conv2d+add`` is a
+    convolution with a residual add and ReLU, whose sample is what the add
+    costs inside the convolution's kernel.
+    """
+
+    kind: str
+    channels: int
+    out_channels: int = 0
+    size: int = 1
+    kernel: int = 1
+    stride: int = 1
+    groups: int = 1
+
+    @property
+    def key(self) -> str:
+        if self.kind in ("conv2d", RESIDUAL):
+            return f"{self.kind} k{self.kernel} s{self.stride} g{self.groups} {self.channels}->{self.out_channels} @{self.size}"
+        if self.kind == "linear":
+            return f"linear {self.channels}->{self.out_channels}"
+        if self.kind in ("max_pool2d", "avg_pool2d"):
+            return f"{self.kind} k{self.kernel} s{self.stride} {self.channels} @{self.size}"
+        return f"{self.kind} {self.channels} @{self.size}"
+
+    def module(self) -> tuple[Any, tuple[Any, ...]]:
+        """The layer as ``(nn.Module in eval mode, example inputs)``; weights seeded."""
+        import torch
+        from torch import nn
+
+        torch.manual_seed(0)
+        x = torch.randn(1, self.channels, self.size, self.size)
+        m: nn.Module
+        if self.kind == "conv2d":
+            conv = nn.Conv2d(self.channels, self.out_channels, self.kernel, self.stride, self.kernel // 2, groups=self.groups)
+            m = nn.Sequential(conv, nn.ReLU())
+        elif self.kind == RESIDUAL:
+            class Residual(nn.Module):
+                def __init__(self, conv: nn.Module) -> None:
+                    super().__init__()
+                    self.conv = conv
+
+                def forward(self, a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+                    return torch.relu(self.conv(a) + r)
+
+            conv = nn.Conv2d(self.channels, self.out_channels, self.kernel, self.stride, self.kernel // 2, groups=self.groups)
+            side = (self.size + self.stride - 1) // self.stride
+            return Residual(conv).eval(), (x, torch.randn(1, self.out_channels, side, side))
+        elif self.kind == "linear":
+            m, x = nn.Linear(self.channels, self.out_channels), torch.randn(1, self.channels)
+        elif self.kind == "max_pool2d":
+            m = nn.MaxPool2d(self.kernel, self.stride, self.kernel // 2 if self.kernel % 2 else 0)
+        elif self.kind == "avg_pool2d":
+            m = nn.AvgPool2d(self.kernel, self.stride)
+        elif self.kind == "adaptive_avg_pool2d":
+            m = nn.AdaptiveAvgPool2d(1)
+        elif self.kind == "relu":
+            m = nn.ReLU()
+        elif self.kind == "hardtanh":
+            m = nn.ReLU6()
+        elif self.kind in ("add", "cat"):
+            class Add(nn.Module):
+                def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+                    return a + b
+
+            class Cat(nn.Module):
+                def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+                    return torch.cat([a, b], 1)
+
+            m = Add() if self.kind == "add" else Cat()
+            return m.eval(), (x, torch.randn(1, self.channels, self.size, self.size))
+        else:
+            raise ProfileError(f"no reference layer of kind {self.kind!r}; kinds: {', '.join(REFERENCE_OPS)}")
+        return m.eval(), (x,)
+
+
+#: The op kinds the reference layers cover (``conv2d+add``: a residual add fused into a convolution, see ``_sample``).
+REFERENCE_OPS = ("conv2d", "linear", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "relu", "hardtanh", "add", "cat", "conv2d+add")
+
+_CONV_MAX_MACS = 6e8
+
+
+def _families() -> list[list[LayerSpec]]:
+    """Reference layers by family, each family in ``_spread`` order of size."""
+    sizes = (7, 14, 28, 56, 112)
+    chans = (8, 16, 32, 64, 128, 256, 512)
+
+    def conv(cin: int, cout: int, hw: int, k: int, s: int = 1, g: int = 1) -> LayerSpec | None:
+        macs = cout * (hw // s) ** 2 * (cin // g) * k * k
+        return LayerSpec("conv2d", cin, cout, hw, k, s, g) if macs <= _CONV_MAX_MACS else None
+
+    fam: dict[str, list[LayerSpec | None]] = {
+        "conv3x3": [conv(c, c, hw, 3) for c in chans for hw in sizes],
+        "conv3x3-widen": [conv(c, 2 * c, hw, 3) for c in chans[:-1] for hw in sizes[1:4]],
+        "conv1x1": [conv(c, c, hw, 1) for c in chans for hw in sizes],
+        "conv1x1-expand": [conv(c, 6 * c, hw, 1) for c in (16, 24, 32, 64, 96, 160) for hw in (7, 14, 28, 56)],
+        "conv1x1-project": [conv(6 * c, c, hw, 1) for c in (16, 24, 32, 64, 96, 160) for hw in (7, 14, 28, 56)],
+        "conv3x3-s2": [conv(c, 2 * c, hw, 3, 2) for c in chans[:-1] for hw in (14, 28, 56, 112)],
+        "conv1x1-s2": [conv(c, 2 * c, hw, 1, 2) for c in (32, 64, 128, 256) for hw in (14, 28, 56)],
+        "depthwise": [conv(c, c, hw, 3, 1, c) for c in (16, 32, 96, 144, 192, 384, 576, 960) for hw in sizes],
+        "depthwise-s2": [conv(c, c, hw, 3, 2, c) for c in (16, 32, 96, 144, 192, 384, 576, 960) for hw in (14, 28, 56, 112)],
+        "grouped": [conv(c, c, hw, 3, 1, g) for c, g in ((16, 2), (32, 4), (64, 2), (128, 4), (128, 32), (256, 32)) for hw in (7, 14, 28, 56)],
+        # three input channels vectorize poorly: stems are a family of their own (ResNet's 7x7, MobileNet's 3x3)
+        "stem": [LayerSpec("conv2d", 3, 16, 32, 3), LayerSpec("conv2d", 3, 32, 224, 3, 2), LayerSpec("conv2d", 3, 64, 224, 7, 2),
+                 LayerSpec("conv2d", 3, 8, 16, 3), LayerSpec("conv2d", 3, 32, 64, 3), LayerSpec("conv2d", 3, 16, 112, 3, 2),
+                 LayerSpec("conv2d", 3, 32, 112, 7, 2), LayerSpec("conv2d", 3, 64, 112, 7, 2), LayerSpec("conv2d", 3, 16, 56, 7, 2)],
+        "linear": [LayerSpec("linear", i, o) for i, o in ((8, 10), (64, 64), (256, 10), (512, 100), (512, 1000), (1024, 1024),
+                                                          (1280, 1000), (2048, 1000), (4096, 1000))],
+        "max_pool2d": [LayerSpec("max_pool2d", c, 0, hw, k, 2) for k in (3, 2) for c in (8, 16, 64, 128, 256) for hw in (14, 28, 56, 112)],
+        "avg_pool2d": [LayerSpec("avg_pool2d", c, 0, hw, 2, 2) for c in (16, 64, 256) for hw in (14, 28, 56)],
+        "adaptive_avg_pool2d": [LayerSpec("adaptive_avg_pool2d", c, 0, hw) for c in (8, 64, 256, 512, 1280, 2048) for hw in (4, 7, 14)],
+        "relu": [LayerSpec("relu", c, 0, hw) for c in (8, 32, 64, 128, 256) for hw in (7, 14, 28, 56, 112)],
+        "hardtanh": [LayerSpec("hardtanh", c, 0, hw) for c in (8, 32, 96, 256) for hw in (7, 14, 28, 56, 112)],
+        "add": [LayerSpec("add", c, 0, hw) for c in (8, 32, 64, 128, 256, 512) for hw in (7, 14, 28, 56)],
+        "cat": [LayerSpec("cat", c, 0, hw) for c in (16, 64, 256) for hw in (7, 14, 28, 56)],
+        "residual": [LayerSpec(RESIDUAL, c, c, hw, k) for k in (3, 1) for c, hw in ((16, 56), (24, 56), (32, 28), (64, 56), (64, 14), (96, 14),
+                                                                                  (128, 28), (160, 7), (256, 14), (512, 7))],
+    }
+
+    def size(s: LayerSpec) -> float:
+        return s.channels * max(s.out_channels, 1) * s.size * s.size * s.kernel * s.kernel / s.groups / s.stride**2
+
+    out = []
+    for specs in fam.values():
+        kept = sorted({s for s in specs if s is not None}, key=lambda s: (size(s), s.key))
+        out.append([kept[i] for i in _spread(len(kept))])
+    return out
+
+
+def _spread(n: int) -> list[int]:
+    """0..n-1 in an order whose every prefix spans the range: 0, the middle, the quarters, the eighths...
+
+    A budget that ends early still leaves each family measured from its
+    smallest to near its largest layer, rather than only its small ones.
+    """
+    order, seen, k = [], set(), 0
+    while len(order) < n:
+        k += 1
+        for j in range(0 if k == 1 else 1, 2**k + 1 if k == 1 else 2**k, 1 if k == 1 else 2):
+            i = round(j * (n - 1) / 2**k)
+            if i not in seen:
+                seen.add(i)
+                order.append(i)
+    return order
+
+
+def reference_layers(only: Iterable[str] | None = None) -> list[LayerSpec]:
+    """The default reference layers: one family after another in turn, each spread over its sizes (``_spread``).
+
+    Taking families in turn means a short budget still gives every op kind a
+    few samples.  ``only``: keep these op kinds.
+    """
+    wanted = set(only) if only else None
+    if wanted:
+        unknown = wanted - set(REFERENCE_OPS)
+        if unknown:
+            raise ProfileError(f"--only {','.join(sorted(unknown))}: no reference layer measures it; choose from {', '.join(REFERENCE_OPS)}")
+    fams = [[s for s in f if wanted is None or s.kind in wanted] for f in _families()]
+    out: list[LayerSpec] = []
+    for i in range(max(len(f) for f in fams)):
+        out.extend(f[i] for f in fams if i < len(f))
+    return out
+
+
+class _LayerFailed(Exception):
+    """One layer could not be measured; the run reports it and goes on."""
+
+
+class _Worker:
+    """The timing process (``profile_worker``), optionally in a CPU-quota cgroup."""
+
+    def __init__(self, threads: int, cpu_quota: float | None) -> None:
+        self.cgroup: Path | None = None
+        env = {**os.environ, "TVM_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "cogent_compiler.cost.profile_worker"]
+        if cpu_quota is not None:
+            self.cgroup = _make_quota_cgroup(cpu_quota)
+            if shutil.which("taskset"):
+                cmd = ["taskset", "-c", "0", *cmd]
+            cmd = ["sh", "-c", f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, text=True, env=env)
+        self._ready = False
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise ProfileError(f"the profiling worker exited (status {code}) before answering; see its messages above")
+        return dict(json.loads(line))
+
+    def time(self, folder: Path, inputs: Sequence[Sequence[int]], min_batch_s: float, batches: int) -> dict[str, Any]:
+        if not self._ready:
+            self._read()  # the worker's "ready": it has imported TVM
+            self._ready = True
+        stdin: IO[str] | None = self.proc.stdin
+        assert stdin is not None
+        stdin.write(json.dumps({"folder": str(folder), "inputs": [list(s) for s in inputs], "min_batch_s": min_batch_s, "batches": batches}) + "\n")
+        stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.cgroup is not None:
+            from cogent_compiler.testbed.emulation import _remove_cgroup
+
+            _remove_cgroup(self.cgroup)
+            self.cgroup = None
+
+
+def _make_quota_cgroup(quota: float) -> Path:
+    from cogent_compiler.testbed.emulation import CGROUP_CPU, PREFIX, cleanup_stale
+
+    if os.geteuid() != 0:
+        raise ProfileError(f"--cpu-quota {quota} needs root (it places the timing process in a cgroup); run as root or drop --cpu-quota")
+    if not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
+        raise ProfileError(f"--cpu-quota: no cgroup v1 cpu controller at {CGROUP_CPU}; a CPU quota cannot be set on this kernel")
+    cleanup_stale()
+    path = CGROUP_CPU / f"{PREFIX}-{os.getpid()}-prof"
+    path.mkdir(exist_ok=True)
+    (path / "cpu.cfs_period_us").write_text(str(QUOTA_PERIOD_US))
+    (path / "cpu.cfs_quota_us").write_text(str(max(1000, int(QUOTA_PERIOD_US * quota))))
+    return path
+
+
+def _new_profile(target_label: str, tvm_target: Any, threads: int, cpu_quota: float | None) -> Profile:
+    from importlib import metadata
+
+    from tvm.target import codegen
+
+    from cogent_compiler.testbed.machine import machine_info
+
+    machine = {**machine_info(), "llvm_mcpu": str(codegen.llvm_get_system_cpu()), "cpu_quota": cpu_quota, "threads": threads,
+               "quota_period_us": QUOTA_PERIOD_US if cpu_quota is not None else None}
+    return Profile(
+        target=target_label, tvm_target=str(tvm_target), machine=machine, tvm=metadata.version("apache-tvm"),
+        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _run_layer(spec: LayerSpec, target: Any, work: Path, worker: _Worker, quota: bool) -> tuple[Any, dict[str, float], dict[str, Any]]:
+    """Trace, compile and time ``spec``: (its traced graph, kernel -> ms, the worker's answer)."""
+    from cogent_compiler.backends.tvm_backend import compile_program
+    from cogent_compiler.frontend import from_module, trace
+
+    module, inputs = spec.module()
+    loaded = from_module(module, inputs, name=spec.key)
+    graph = trace(loaded)
+    # a fresh folder per layer: the worker's loader would hand back a library already loaded from the same path
+    folder = Path(tempfile.mkdtemp(prefix="layer-", dir=work))
+    compile_program(loaded.program, "torch", target, folder, name=spec.key)
+    # a quota period is 10 ms: a batch of 10 periods averages over the throttling
+    answer = worker.time(folder, [tuple(x.shape) for x in inputs], 0.1 if quota else 0.01, 5 if quota else 7)
+    shutil.rmtree(folder, ignore_errors=True)
+    if "error" in answer:
+        raise _LayerFailed(f"timing failed: {answer['error']}")
+    kernels = {f"{s}#{i}" if any(k == s for k, _ in answer["kernels"][:i]) else s: round(float(ms), 6)
+               for i, (s, ms) in enumerate(answer["kernels"])}
+    return graph, kernels, answer
+
+
+def _own_ms(spec: LayerSpec, kernels: dict[str, float]) -> float:
+    own = [ms for s, ms in kernels.items() if not BOUNDARY_KERNEL.match(s.split("#")[0])]
+    if not own:
+        raise _LayerFailed(f"the compiled layer ran no kernel of its own (kernels: {list(kernels)})")
+    return sum(own)
+
+
+def _sample(spec: LayerSpec, target: Any, work: Path, worker: _Worker, quota: bool) -> Sample:
+    graph, kernels, answer = _run_layer(spec, target, work, worker, quota)
+    op = "add" if spec.kind == RESIDUAL else spec.kind
+    main = next((n for n in graph.nodes if n.op == op), None)
+    if main is None:
+        raise ProfileError(f"reference layer {spec.key!r} traced to no {op} op ({[n.op for n in graph.nodes]}); this is a bug")
+    ms = _own_ms(spec, kernels)
+    if spec.kind == RESIDUAL:
+        # the add's cost as a fused epilogue: conv+add+relu minus conv+relu of the same shape, measured now
+        _, base_kernels, _ = _run_layer(replace(spec, kind="conv2d"), target, work, worker, quota)
+        residual = graph.tensors[graph.inputs[1].name].nbytes
+        return Sample(op="add", attrs={"epilogue": True}, macs=0, in_bytes=residual, out_bytes=0, param_bytes=0,
+                      ms=round(max(ms - _own_ms(spec, base_kernels), 1e-6), 6), runs=int(answer["runs"]), key=spec.key,
+                      kernels={**kernels, **{f"without add: {k}": v for k, v in base_kernels.items()}})
+    in_bytes = sum(graph.tensors[i].nbytes for i in dict.fromkeys(main.inputs))
+    return Sample(op=main.op, attrs=dict(main.attrs), macs=main.macs, in_bytes=in_bytes, out_bytes=main.output_bytes,
+                  param_bytes=main.param_bytes, ms=round(ms, 6), runs=int(answer["runs"]), key=spec.key,
+                  wall_ms=round(float(answer["wall_ms"]), 6), kernels=kernels)
+
+
+def measure_profile(
+    target: str,
+    out: str | Path,
+    *,
+    budget_s: float = 600.0,
+    cpu_quota: float | None = None,
+    threads: int | None = None,
+    layers: Sequence[LayerSpec] | None = None,
+    progress: Progress | None = None,
+) -> Profile:
+    """Measure ``layers`` (default ``reference_layers()``) for ``target`` into the profile file ``out``.
+
+    Resumes ``out`` when it holds a profile of the same target, quota and
+    threads (refuses another profile there).  Returns the profile written,
+    fitted.  Raises ``ProfileError`` for targets this machine cannot measure,
+    a quota without root, or when no layer could be measured.
+    """
+    from cogent_compiler.backends import resolve_target
+    from cogent_compiler.backends.tvm_backend import tvm_target_for
+    from cogent_compiler.cost.predictor import fit_profile
+    from cogent_compiler.runtime.executor import runtime_threads
+
+    say = progress or (lambda msg: log.info("%s", msg))
+    t0 = time.monotonic()
+    spec = resolve_target(target)
+    if spec.kind != "llvm":
+        raise ProfileError(f"cogentc profile --target {target}: measuring {spec.label} needs --rpc (a TVM RPC runner on that device), "
+                           "which is not implemented yet; only llvm (this CPU) can be profiled")
+    if cpu_quota is not None and not 0.001 <= cpu_quota <= (os.cpu_count() or 1):
+        raise ProfileError(f"--cpu-quota {cpu_quota}: give a fraction of one core such as 0.1")
+    if budget_s <= 0:
+        raise ProfileError(f"--budget {budget_s}s: give a positive time such as 10m")
+    threads = runtime_threads() if threads is None else threads
+    if threads < 1:
+        raise ProfileError(f"--threads {threads}: give at least 1")
+    out = Path(out)
+    layers = list(layers) if layers is not None else reference_layers()
+
+    profile: Profile | None = None
+    if out.exists():
+        old = load_profile(out)
+        same = (target_kind(old.target) == spec.kind and old.cpu_quota == cpu_quota and old.threads == threads)
+        if not same:
+            raise ProfileError(f"{out}: holds a profile of target {old.target} (quota {old.cpu_quota}, threads {old.threads}), "
+                               f"not {spec.label} (quota {cpu_quota}, threads {threads}); give another -o or delete it")
+        profile = old
+        say(f"resuming {out}: {len(old.samples)} samples kept")
+    tvm_target = tvm_target_for(spec)
+    if profile is None:
+        profile = _new_profile(spec.label, tvm_target, threads, cpu_quota)
+    todo = [s for s in layers if s.key not in profile.keys]
+    say(f"{len(todo)} of {len(layers)} reference layers to measure on {spec.label} "
+        f"({threads} thread{'s' if threads > 1 else ''}{f', CPU quota {cpu_quota}' if cpu_quota is not None else ''}; budget {budget_s:.0f}s)")
+    worker = _Worker(threads, cpu_quota)
+    measured = failed = 0
+    try:
+        with tempfile.TemporaryDirectory(prefix="cogent-profile-") as tmp:
+            for i, layer in enumerate(todo):
+                spent = time.monotonic() - t0
+                if spent >= budget_s:
+                    say(f"budget spent ({spent:.0f}s): {len(todo) - i} layers left; run again with the same -o to continue")
+                    break
+                try:
+                    sample = _sample(layer, spec, Path(tmp), worker, cpu_quota is not None)
+                except ProfileError:  # the worker is gone, or a bug: nothing more can be measured
+                    raise
+                except Exception as e:  # a layer TVM cannot compile is reported and skipped, not fatal
+                    failed += 1
+                    first = (str(e).strip().splitlines() or [""])[0][:200]
+                    say(f"[{i + 1}/{len(todo)}] {layer.key}: skipped ({type(e).__name__}: {first})")
+                    continue
+                measured += 1
+                profile = fit_profile(profile.with_samples((*profile.samples, sample)))
+                save_profile(profile, out)
+                call = f"; call {sample.wall_ms:.4f} ms" if sample.wall_ms is not None else " added to the convolution"
+                say(f"[{i + 1}/{len(todo)}] {layer.key}: {sample.ms:.4f} ms ({sample.runs} runs{call})")
+    finally:
+        worker.close()
+    if not profile.samples:
+        raise ProfileError(f"{out}: no layer could be measured ({failed} failed); see the messages above")
+    profile = fit_profile(profile)
+    save_profile(profile, out)
+    say(f"wrote {out}: {len(profile.samples)} samples ({measured} new), fits for {', '.join(profile.fits)} in {time.monotonic() - t0:.0f}s")
+    return profile

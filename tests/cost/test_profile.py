@@ -1,0 +1,204 @@
+"""Measured profiles: the file format and its errors, the fits, real measurement on this CPU, and planning with a profile."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cogent_compiler.cli import main
+from cogent_compiler.cost import Profile, ProfileComputeModel, Sample, fit_profile, load_profile, save_profile
+from cogent_compiler.cost.predictor import fit_samples, fused_epilogues
+from cogent_compiler.cost.profiler import LayerSpec, measure_profile, reference_layers
+from cogent_compiler.errors import MissingFitError, ProfileError, ProfileFormatError, ProfileTargetError
+
+#: Layers enough for tiny_cnn (conv2d, relu, add, max_pool2d, adaptive_avg_pool2d, linear; reshape is free).
+TINY_LAYERS = [
+    LayerSpec("conv2d", 16, 16, 14, 3), LayerSpec("conv2d", 32, 32, 14, 3), LayerSpec("conv2d", 64, 64, 14, 3),
+    LayerSpec("conv2d", 3, 8, 16, 3), LayerSpec("conv2d", 8, 8, 16, 3, 1, 2),
+    LayerSpec("relu", 8, 0, 16), LayerSpec("relu", 64, 0, 14), LayerSpec("add", 8, 0, 16), LayerSpec("add", 64, 0, 14),
+    LayerSpec("max_pool2d", 8, 0, 16, 2, 2), LayerSpec("adaptive_avg_pool2d", 8, 0, 8), LayerSpec("linear", 8, 10),
+]
+
+
+def _synthetic(target: str = "llvm") -> Profile:
+    """A profile whose conv2d times follow ms = 2e-8·MACs + 1e-9·bytes + 0.01 exactly."""
+    samples = []
+    for c in (8, 16, 32, 64):
+        macs, in_b, out_b, par_b = c * c * 9 * 196, c * 196 * 4, c * 196 * 4, (c * c * 9 + c) * 4
+        ms = 2e-8 * macs + 1e-9 * (in_b + out_b + par_b) + 0.01
+        samples.append(Sample("conv2d", {"kernel": [3, 3], "groups": 1, "in_channels": c, "out_channels": c}, macs, in_b, out_b, par_b, ms, 10,
+                              key=f"conv {c}", wall_ms=ms + 0.003, kernels={"transpose": 0.001, "fused_conv2d_add_relu": ms, "transpose1": 0.001}))
+    return fit_profile(Profile(target, '{"kind": "llvm"}', {"cpu": "test", "cpu_quota": None, "threads": 1}, "0.27", "2026-01-01", tuple(samples)))
+
+
+def test_schema_round_trip(tmp_path):
+    p = _synthetic()
+    save_profile(p, tmp_path / "p.json")
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert data["schema"] == "cogent-profile/1" and data["target"] == "llvm" and len(data["samples"]) == 4
+    assert {"op", "attrs", "macs", "in_bytes", "out_bytes", "param_bytes", "ms", "runs"} <= set(data["samples"][0])
+    assert load_profile(tmp_path / "p.json", expect_target="llvm") == p
+
+
+def test_each_profile_error_is_one_line_naming_the_file(tmp_path):
+    bad = tmp_path / "notes.json"
+    bad.write_text("this is not json")
+    with pytest.raises(ProfileFormatError, match="notes.json: not a Cogent profile"):
+        load_profile(bad)
+    bad.write_text('{"samples": []}')
+    with pytest.raises(ProfileFormatError, match="no \"schema\""):
+        load_profile(bad)
+    newer = {**_synthetic().to_json(), "schema": "cogent-profile/2"}
+    bad.write_text(json.dumps(newer))
+    with pytest.raises(ProfileFormatError, match="'cogent-profile/2' is not supported"):
+        load_profile(bad)
+    save_profile(_synthetic(), tmp_path / "x86.json")
+    with pytest.raises(ProfileTargetError, match="measured for target 'llvm' but is used for 'arm'"):
+        load_profile(tmp_path / "x86.json", expect_target="arm")
+    with pytest.raises(ProfileFormatError, match="cannot read"):
+        load_profile(tmp_path / "missing.json")
+    for err in (ProfileFormatError, ProfileTargetError, MissingFitError):
+        assert issubclass(err, ProfileError)
+
+
+def test_missing_fit_names_the_op_and_says_to_reprofile(tiny_graph, tmp_path):
+    save_profile(_synthetic(), tmp_path / "conv-only.json")
+    model = ProfileComputeModel.from_file("device:llvm", tmp_path / "conv-only.json", expect_target="llvm")
+    from cogent_compiler.passes import FoldBatchNorm
+
+    with pytest.raises(MissingFitError) as e:
+        model.nodes_ms(FoldBatchNorm()(tiny_graph).nodes)
+    msg = str(e.value)
+    assert "conv-only.json" in msg and "op 'add'" in msg and "has no fit" in msg and "re-profile" in msg and "--only add" in msg
+    assert "\n" not in msg
+    with pytest.raises(MissingFitError, match="op 'batch_norm' .* no reference layer"):  # unfolded: no profile can help
+        model.nodes_ms(tiny_graph.nodes)
+    assert model.node_ms(next(n for n in tiny_graph.nodes if n.op == "reshape")) == 0.0
+
+
+def test_fit_recovers_known_coefficients_and_predicts_unmeasured_channels():
+    p = _synthetic()
+    fit = fit_samples(p.samples)
+    assert fit.ms_per_mac == pytest.approx(2e-8, rel=1e-6)
+    assert fit.ms_per_byte == pytest.approx(1e-9, rel=1e-4)
+    assert fit.ms_fixed == pytest.approx(0.01, rel=1e-4)
+    assert set(p.fits) == {"conv2d", "conv2d:k3x3"}
+    assert p.kernel_overhead_ms == pytest.approx(0.001 / 3, rel=1e-3)
+    c = 48
+    macs, nbytes = c * c * 9 * 196, c * 196 * 8 + (c * c * 9 + c) * 4
+    assert fit.predict(macs, nbytes) == pytest.approx(2e-8 * macs + 1e-9 * nbytes + 0.01, rel=1e-4)
+
+
+def test_a_fused_residual_add_has_its_own_fit_apart_from_the_standalone_add():
+    base = _synthetic()
+    epi = [Sample("add", {"epilogue": True}, 0, n, 0, 0, 1e-6 * n / 1000, 10, key=f"res {n}") for n in (1000, 4000, 16000)]
+    standalone = Sample("add", {}, 0, 8000, 4000, 0, 0.5, 10, key="add")
+    p = fit_profile(base.with_samples((*base.samples, *epi, standalone)))
+    assert p.fits["add:epilogue"]["samples"] == 3 and p.fits["add"]["samples"] == 1
+    assert p.fits["add:epilogue"]["ms_per_byte"] == pytest.approx(1e-9, rel=1e-6)
+    model = ProfileComputeModel("device", p)
+    from cogent_compiler.ir import Node, TensorInfo
+
+    add = Node("add", "add", "aten.add.Tensor", ("a", "b"), (TensorInfo("add", (1, 10, 10, 10), "float32"),))
+    assert model.epilogue_ms(add, 4000) == pytest.approx(4e-6)
+    assert model.epilogue_ms(add, 0) == 0.0
+
+
+def test_fusion_puts_relu_and_residual_add_into_the_conv(tiny_graph):
+    from cogent_compiler.passes import FoldBatchNorm
+
+    g = FoldBatchNorm()(tiny_graph)
+    fused = fused_epilogues(g.nodes)
+    ops = {n.name: n.op for n in g.nodes}
+    # stem conv -> relu, conv_a -> relu and conv_b -> add (the residual y is read twice, so the relu before it is not fused into the add)
+    assert sorted(ops[n] for n in fused) == ["add", "relu", "relu"]
+    add = next(n for n in g.nodes if n.op == "add")
+    assert fused[add.name] == g.tensors[add.inputs[0]].nbytes  # the residual operand is the extra read
+
+
+def test_reference_layers_cover_every_family_early():
+    layers = reference_layers()
+    assert len({s.key for s in layers}) == len(layers) > 100
+    first = layers[:25]
+    assert {s.kind for s in first} >= {"conv2d", "linear", "max_pool2d", "adaptive_avg_pool2d", "relu", "hardtanh", "add", "cat"}
+    assert {s.groups > 1 for s in first if s.kind == "conv2d"} == {True, False}
+    with pytest.raises(ProfileError, match="softmax"):
+        reference_layers(["softmax"])
+
+
+@pytest.fixture(scope="session")
+def measured(tmp_path_factory) -> Path:
+    """A small profile measured for real on this CPU (about 20 s)."""
+    out = tmp_path_factory.mktemp("profile") / "llvm.json"
+    measure_profile("llvm", out, budget_s=120, layers=TINY_LAYERS)
+    return out
+
+
+@pytest.mark.slow
+def test_a_measured_profile_predicts_an_unmeasured_channel_count(measured, tmp_path):
+    profile = load_profile(measured, expect_target="llvm")
+    assert len(profile.samples) == len(TINY_LAYERS)
+    assert profile.machine["threads"] >= 1 and profile.machine["cpu_quota"] is None and profile.tvm
+    conv = next(s for s in profile.samples if s.key == "conv2d k3 s1 g1 64->64 @14")
+    assert conv.macs == 64 * 64 * 9 * 14 * 14 and conv.ms > 0 and conv.runs >= 7
+    assert "fused_conv2d_add_relu" in conv.kernels and conv.wall_ms >= conv.ms
+    # measure 48 channels (never in the profile) and compare with the prediction
+    held_out = measure_profile("llvm", tmp_path / "held.json", budget_s=60, layers=[LayerSpec("conv2d", 48, 48, 14, 3)])
+    truth = held_out.samples[0]
+    fit = ProfileComputeModel("device", profile).fit_for(truth.op, truth.attrs)
+    predicted = fit.predict(truth.macs, truth.bytes_moved)
+    assert truth.ms / 3 < predicted < truth.ms * 3, (predicted, truth.ms)
+
+
+@pytest.mark.slow
+def test_plan_with_device_and_edge_profiles(measured, capsys):
+    argv = ["plan", "tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--device-profile", str(measured), "--edge-profile", str(measured), "--bandwidth", "1mbit"]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for side in ("device", "edge"):
+        assert report["conditions"][side]["source"] == f"profile {measured}"
+        assert report["conditions"][side]["fits"]["conv2d"]["samples"] >= 5
+    device_only = report["baselines"]["device_only"]["predicted"]
+    assert 0 < device_only["device_ms"] < 50
+    assert main([*argv, "-q"]) == 0
+    assert f"device profile {measured}, edge profile {measured}" in capsys.readouterr().out
+    # a profile of this CPU is refused for a GPU edge, before the model is loaded
+    code = main(["plan", "tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--edge-profile", str(measured), "--target", "llvm,cuda", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "used for 'cuda:sm_80'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_cli_profile_on_a_small_budget_resumes(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    argv = ["profile", "--target", "llvm", "-o", str(out), "--only", "relu,add", "--json"]
+    assert main([*argv, "--threads", "1", "--budget", "8s"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["samples"] >= 1 and first["threads"] == 1 and set(first["fits"]) <= {"relu", "add"}
+    assert main([*argv, "--threads", "1", "--budget", "6s"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    keys = [s.key for s in load_profile(out).samples]
+    assert second["samples"] > first["samples"] and len(keys) == len(set(keys))
+    # another thread count is another profile: refused, the file kept
+    assert main([*argv, "--threads", "2", "--budget", "5s"]) == 1
+    assert "threads 1" in capsys.readouterr().err and len(load_profile(out).samples) == second["samples"]
+
+
+def test_cli_profile_refuses_what_it_cannot_measure(capsys, tmp_path):
+    for extra, needle in ((["--target", "arm"], "needs --rpc"), (["--target", "cuda"], "needs --rpc"),
+                          (["--rpc", "board:9190"], "not implemented yet"), (["--only", "softmax"], "softmax")):
+        assert main(["profile", "-o", str(tmp_path / "x.json"), "-q", *extra]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("cogentc: error:") and needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists(),
+                    reason="--cpu-quota needs root and a cgroup v1 cpu controller")
+def test_cpu_quota_times_in_a_cgroup_and_removes_it(tmp_path):
+    p = measure_profile("llvm", tmp_path / "q.json", budget_s=60, cpu_quota=0.5, threads=1, layers=[LayerSpec("relu", 8, 0, 7)])
+    assert p.cpu_quota == 0.5 and p.machine["quota_period_us"] == 10_000 and p.samples[0].ms > 0
+    assert not list(Path("/sys/fs/cgroup/cpu").glob(f"cgnt-{os.getpid()}-prof"))
