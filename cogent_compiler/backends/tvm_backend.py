@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 # the CPU schedule rule lives in ``pipeline``; these names stay importable from here
-from cogent_compiler.backends.pipeline import CPU_SCHEDULE, CPUSchedule, cpu_default_schedules, schedule_cpu_primfunc
+from cogent_compiler.backends.pipeline import CPU_SCHEDULE, CPUSchedule, _first_line, cpu_default_schedules, schedule_cpu_primfunc
 from cogent_compiler.backends.targets import TargetSpec
 from cogent_compiler.errors import BackendError
 
@@ -211,9 +211,3 @@ def compile_program(
     return CompiledModule(LIBRARY_NAME, params_name, len(weights), dt, kernels, stages, tuned_kernels=tuned)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    for line in text.splitlines():
-        if line.strip() and not line.startswith("Traceback"):
-            return line.strip()[:300]
-    return type(e).__name__
