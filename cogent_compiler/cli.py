@@ -30,14 +30,19 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 
 
+def _add_output_args(p: argparse.ArgumentParser, json_help: str = "print machine-readable JSON on stdout") -> None:
+    """The flags every command has: --json, -q, -v, --debug."""
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details on stderr")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks on failure")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a .pt2 (torch.export.save), package.module:factory, TorchScript .pt, .onnx, or a pickled nn.Module with --trust-pickle")
     p.add_argument("--input-shape", metavar="N,C,H,W", help="input shape for factories, TorchScript and pickles, e.g. 1,3,224,224")
     p.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled nn.Module: this RUNS CODE from the file; use only for files you trust")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    p.add_argument("-v", "--verbose", action="store_true", help="log details on stderr")
-    p.add_argument("--debug", action="store_true", help="show Python tracebacks on failure")
+    _add_output_args(p)
 
 
 def _add_plan_args(p: argparse.ArgumentParser) -> None:
@@ -72,10 +77,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--requests", type=int, default=30, help="timed requests per plan after warm-up (default 30)")
         p.add_argument("--containers", action="store_true", help="run the bundle's real containers with podman instead of processes")
         p.add_argument("-o", "--output", help="result JSON (default BUNDLE.bench/bench.json, with bench.png beside it)")
-        p.add_argument("--json", action="store_true", help="print the result JSON on stdout")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-        p.add_argument("-v", "--verbose", action="store_true", help="log details on stderr")
-        p.add_argument("--debug", action="store_true", help="show Python tracebacks on failure")
+        _add_output_args(p, "print the result JSON on stdout")
         return p
     if command == "tunedb":
         p = argparse.ArgumentParser(
@@ -87,10 +89,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("-o", "--output", help="export: the file to write")
         p.add_argument("--tunedb", metavar="DIR", help="database root (default $COGENT_TUNEDB or ~/.cache/cogent/tunedb)")
         p.add_argument("--limit", type=int, default=10, help="show: kernels listed per database (default 10, slowest first)")
-        p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-        p.add_argument("-v", "--verbose", action="store_true", help="log details on stderr")
-        p.add_argument("--debug", action="store_true", help="show Python tracebacks on failure")
+        _add_output_args(p)
         return p
     if command == "profile":
         p = argparse.ArgumentParser(
@@ -105,10 +104,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, metavar="N", help="TVM runtime threads (default: TVM_NUM_THREADS, else half the cores)")
         p.add_argument("--rpc", metavar="HOST:PORT", help="measure an arm or cuda target through a TVM RPC tracker (not implemented yet)")
         p.add_argument("--only", metavar="OPS", help="measure only these op kinds, e.g. conv2d,linear")
-        p.add_argument("--json", action="store_true", help="print a summary as JSON on stdout")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-        p.add_argument("-v", "--verbose", action="store_true", help="log details on stderr")
-        p.add_argument("--debug", action="store_true", help="show Python tracebacks on failure")
+        _add_output_args(p, "print a summary as JSON on stdout")
         return p
     if command == "plan":
         p = argparse.ArgumentParser(prog="cogentc plan", description="Score every single-tensor cut with the latency model and print them beside device-only and edge-only.")
