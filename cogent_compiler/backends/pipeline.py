@@ -415,6 +415,14 @@ def _schedule_cpu(sch: Any, params: CPUSchedule, tirx: Any) -> Any:
         loops = sch.get_loops(block)
         if not loops:
             return
+        last = extent(loops[-1])
+        if len(loops) > 1 and last % params.lanes and last > params.lanes:
+            # a row that is no multiple of the vector: fused with the rows above, each vector's
+            # index would need a division (a gather); keep the row, vectorize it, run rows in parallel
+            rows = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+            sch.parallel(rows)
+            vectorize_innermost(block)
+            return
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         n = extent(fused)
         if n >= 2 * params.lanes:
