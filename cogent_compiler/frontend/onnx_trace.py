@@ -204,6 +204,10 @@ def _cost(n: onnx.NodeProto, kind: str, outs: tuple[TensorInfo, ...], shape_of: 
         k = lhs[0] if a.get("transA", 0) else lhs[1]
         n_out = rhs[0] if a.get("transB", 0) else rhs[1]
         return outs[0].numel * k, {"in_features": k, "out_features": n_out}
+    if n.op_type in ("MaxPool", "AveragePool") and "kernel_shape" in a:
+        window = [int(k) for k in a["kernel_shape"]]
+        pads = [int(p) for p in a.get("pads", [0] * 2 * len(window))]
+        return 0, {"kernel": window, "stride": [int(s) for s in a.get("strides", [1] * len(window))], "padding": pads[: len(window)]}
     if n.op_type == "MatMul":
         lhs = shape_of(n.input[0])
         if not lhs:

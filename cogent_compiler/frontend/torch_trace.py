@@ -267,6 +267,12 @@ class _Tracer:
         base = target._schema.name.split("::", 1)[-1] if isinstance(target, torch._ops.OpOverload) else ""
         if base in _CONV_FAMILY:
             return self._conv_cost(fx, kind, outs)
+        if kind in ("max_pool2d", "avg_pool2d"):
+            # the window decides the cost: a 3x3 pool reads 2.25x what a 2x2 one does
+            bound = _bind(fx)
+            window = _expand(bound.get("kernel_size", 1), 2)
+            stride = bound.get("stride") or window  # aten's default stride is the window
+            return 0, {"kernel": window, "stride": _expand(stride, 2), "padding": _expand(bound.get("padding", 0), 2)}
         if kind == "linear":
             bound = _bind(fx)
             w = _val(bound.get("weight"))
