@@ -19,13 +19,13 @@ from typing import Any
 from cogent_compiler.backends.targets import TargetSpec, resolve_target
 from cogent_compiler.cost.latency import DEFAULT_GMACS, ComputeCost, ComputeModel, LatencyModel, Link
 from cogent_compiler.cost.predictor import ProfileComputeModel
-from cogent_compiler.errors import BundleError, PlanError
+from cogent_compiler.errors import BundleError, CogentError, PlanError
 from cogent_compiler.ir import Graph
 from cogent_compiler.passes import FoldBatchNorm, PassManager, partition_at, split_program
 from cogent_compiler.policy import Plan, PlanReport, baseline_plans, plan_min_cut, plan_single_cut
 from cogent_compiler.runtime.manifest import Manifest
 
-__all__ = ["CompileOptions", "CompileResult", "check_output_folder", "choose_plan", "compile", "latency_model_for", "PLANNERS"]
+__all__ = ["CompileOptions", "CompileResult", "check_output_folder", "choose_plan", "compile", "describe_link", "latency_model_for", "link_settings", "PLANNERS"]
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,25 @@ Progress = Callable[[str, str], None]
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """Everything ``compile`` needs besides the model.  Bandwidth in bit/s, RTT in s."""
+    """Everything ``compile`` needs besides the model.  Bandwidth in bit/s, RTT in s.
+
+    The link and edge-load fields are usually filled by ``link_settings``
+    from a link profile (``cogentc profile --peer``) and the user's flags.
+    """
 
     device_target: str = "llvm"
     edge_target: str = "llvm"
+    #: uplink (device to edge) bandwidth; also the downlink unless ``bandwidth_down_bps`` is given
     bandwidth_bps: float = 20e6
     rtt_s: float = 0.010
+    bandwidth_down_bps: float | None = None
+    #: the runtime's fixed cost per request/response beyond the round trip
+    per_message_s: float = 0.0
+    #: slowdown factor of edge compute: 1.0 an idle edge, 2.0 one twice as slow (shared, busy)
+    edge_load: float = 1.0
+    #: the link profile the link figures came from (``None``: flags or defaults), and a label saying so
+    link_profile: str | None = None
+    link_source: str = "flags"
     device_gmacs: float | None = None
     edge_gmacs: float | None = None
     #: measured profiles (``cogentc profile``) that replace the GMAC/s estimates, per side
@@ -89,6 +102,48 @@ class CompileResult:
         }
 
 
+_DEFAULT_LINK = CompileOptions()
+
+
+def link_settings(
+    link_profile: str | None = None,
+    *,
+    bandwidth_bps: float | None = None,
+    rtt_s: float | None = None,
+    edge_load: float | None = None,
+) -> dict[str, Any]:
+    """The ``CompileOptions`` link fields: a link profile's figures, each replaced by an explicit value given.
+
+    ``bandwidth_bps`` given sets both directions.  Without a profile, what is
+    not given takes the defaults (20 Mbit/s, 10 ms, no per-message overhead,
+    edge load 1.0).  Raises ``LinkFormatError`` for a profile that cannot be
+    read and ``CogentError`` for a non-positive edge load.
+    """
+    from cogent_compiler.cost.link import load_link_profile
+
+    if edge_load is not None and not edge_load > 0:
+        raise CogentError(f"edge load {edge_load} is not a slowdown factor; give a positive number such as 1.0 (idle edge) or 2.0 (twice as slow)")
+    fields: dict[str, Any] = {
+        "bandwidth_bps": _DEFAULT_LINK.bandwidth_bps, "bandwidth_down_bps": None, "rtt_s": _DEFAULT_LINK.rtt_s,
+        "per_message_s": 0.0, "edge_load": 1.0, "link_profile": None, "link_source": "flags",
+    }
+    given = [name for name, value in (("bandwidth", bandwidth_bps), ("RTT", rtt_s), ("edge load", edge_load)) if value is not None]
+    if not given:
+        fields["link_source"] = "defaults"
+    if link_profile:
+        lp = load_link_profile(link_profile)
+        fields.update(bandwidth_bps=lp.bandwidth_up_bps, bandwidth_down_bps=lp.bandwidth_down_bps, rtt_s=lp.rtt_s,
+                      per_message_s=lp.per_message_s, edge_load=lp.edge_load_factor, link_profile=str(link_profile),
+                      link_source=f"link profile {link_profile} ({lp.peer}, {lp.date})" + (f"; {', '.join(given)} from flags" if given else ""))
+    if bandwidth_bps is not None:
+        fields.update(bandwidth_bps=bandwidth_bps, bandwidth_down_bps=None)
+    if rtt_s is not None:
+        fields["rtt_s"] = rtt_s
+    if edge_load is not None:
+        fields["edge_load"] = edge_load
+    return fields
+
+
 def latency_model_for(device: TargetSpec, edge: TargetSpec, options: CompileOptions) -> LatencyModel:
     """The latency model: per side a measured profile if given, else the user's throughput or a labelled default.
 
@@ -104,8 +159,16 @@ def latency_model_for(device: TargetSpec, edge: TargetSpec, options: CompileOpti
     return LatencyModel(
         device=compute("device", device, options.device_gmacs, options.device_profile),
         edge=compute("edge", edge, options.edge_gmacs, options.edge_profile),
-        link=Link(options.bandwidth_bps, options.rtt_s),
+        link=Link(options.bandwidth_bps, options.rtt_s, options.per_message_s, options.bandwidth_down_bps, source=options.link_source),
+        edge_load=options.edge_load,
     )
+
+
+def describe_link(model: LatencyModel) -> str:
+    """One line: the link and edge load a latency model plans with, and where they come from."""
+    link = model.link
+    return (f"up {link.bandwidth_bps / 1e6:g} Mbit/s, down {link.down_bps / 1e6:g} Mbit/s, RTT {link.rtt_s * 1e3:g} ms, "
+            f"per message {link.per_message_s * 1e3:g} ms, edge load {model.edge_load:g}x ({link.source})")
 
 
 def choose_plan(graph: Graph, model: LatencyModel, planner: str, cut: tuple[str, ...] = ()) -> PlanReport:
@@ -202,6 +265,7 @@ def compile(
     say("plan", f"{c.name if options.cut else options.planner}: cut at {', '.join(c.cut)} — predicted {c.predicted.total_ms:.1f} ms "
         f"(device {c.predicted.device_ms:.1f} + transfer {c.predicted.transfer_ms:.1f} + edge {c.predicted.edge_ms:.1f}; "
         f"device compute from {lat.device.source}, edge from {lat.edge.source})")
+    say("plan", f"link: {describe_link(lat)}")
     timings["plan"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -22,6 +22,9 @@ __all__ = [
     "ProfileFormatError",
     "ProfileTargetError",
     "MissingFitError",
+    "LinkError",
+    "LinkFormatError",
+    "PeerUnreachableError",
 ]
 
 
@@ -83,3 +86,15 @@ class ProfileTargetError(ProfileError):
 
 class MissingFitError(ProfileError):
     """A profile has no fit for an op kind the model uses; the target must be re-profiled."""
+
+
+class LinkError(ProfileError):
+    """A network link could not be measured, or a link profile could not be read or used."""
+
+
+class LinkFormatError(LinkError):
+    """A file is not a Cogent link profile, or one of a schema version this release does not read."""
+
+
+class PeerUnreachableError(LinkError):
+    """The edge to measure a link to cannot be reached."""

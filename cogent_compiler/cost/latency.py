@@ -2,9 +2,12 @@
 
 It is an *estimate*: compute time is MACs divided by a throughput the user
 states (``--device-gmacs``) plus a fixed cost per op, and transfer time is
-bytes over bandwidth plus one round trip.  A measured profile replaces the
-compute part (``predictor.ProfileComputeModel``, any ``ComputeCost``); every
-number this model produces is labelled ``predicted``.
+bytes over bandwidth (up and down separately) plus one round trip plus the
+runtime's per-message overhead.  Edge compute is multiplied by ``edge_load``,
+the slowdown of a shared, busy edge (1.0: idle).  A measured profile replaces
+the compute part (``predictor.ProfileComputeModel``, any ``ComputeCost``) and
+a measured link profile (``cost.link``, ``cogentc profile --peer``) the
+network part; every number this model produces is labelled ``predicted``.
 """
 
 from __future__ import annotations
@@ -69,21 +72,49 @@ class ComputeModel:
 
 @dataclass(frozen=True)
 class Link:
-    """A network link: bandwidth (bit/s, both ways) and round-trip time (s)."""
+    """A network link between device and edge.
+
+    ``bandwidth_bps`` is the uplink (device to edge) in bit/s and
+    ``bandwidth_down_bps`` the downlink (``None``: the same as the uplink);
+    ``rtt_s`` the network round trip and ``per_message_s`` what one
+    request/response costs the runtime beyond it (framing, socket calls, the
+    edge's dispatch).  ``source`` says where the figures come from.
+    """
 
     bandwidth_bps: float
     rtt_s: float
+    per_message_s: float = 0.0
+    bandwidth_down_bps: float | None = None
+    source: str = "flags"
 
     def __post_init__(self) -> None:
-        if self.bandwidth_bps <= 0 or self.rtt_s < 0:
-            raise CogentError(f"link needs a positive bandwidth and a non-negative RTT, got {self.bandwidth_bps} bit/s, {self.rtt_s} s")
+        down = self.down_bps
+        if self.bandwidth_bps <= 0 or down <= 0 or self.rtt_s < 0 or self.per_message_s < 0:
+            raise CogentError(
+                f"link needs positive bandwidths and a non-negative RTT and per-message overhead, got up {self.bandwidth_bps} bit/s, "
+                f"down {down} bit/s, RTT {self.rtt_s} s, per message {self.per_message_s} s"
+            )
+
+    @property
+    def down_bps(self) -> float:
+        """The downlink bandwidth (edge to device) in bit/s."""
+        return self.bandwidth_bps if self.bandwidth_down_bps is None else self.bandwidth_down_bps
+
+    def up_ms(self, nbytes: int) -> float:
+        """Time to send ``nbytes`` from device to edge, without the round trip."""
+        return nbytes * 8 / self.bandwidth_bps * 1e3
+
+    def down_ms(self, nbytes: int) -> float:
+        """Time to send ``nbytes`` from edge to device, without the round trip."""
+        return nbytes * 8 / self.down_bps * 1e3
 
     def transfer_ms(self, up_bytes: int, down_bytes: int) -> float:
-        """One request/response: both payloads over the link plus one round trip."""
-        return (up_bytes + down_bytes) * 8 / self.bandwidth_bps * 1e3 + self.rtt_s * 1e3
+        """One request/response: both payloads over the link, one round trip and the per-message overhead."""
+        return self.up_ms(up_bytes) + self.down_ms(down_bytes) + (self.rtt_s + self.per_message_s) * 1e3
 
     def to_json(self) -> dict[str, Any]:
-        return {"bandwidth_mbps": self.bandwidth_bps / 1e6, "rtt_ms": self.rtt_s * 1e3}
+        return {"bandwidth_mbps": self.bandwidth_bps / 1e6, "bandwidth_down_mbps": self.down_bps / 1e6, "rtt_ms": self.rtt_s * 1e3,
+                "per_message_ms": self.per_message_s * 1e3, "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -104,18 +135,38 @@ class Latency:
 
 @dataclass(frozen=True)
 class LatencyModel:
+    """Device compute, edge compute times ``edge_load``, and the link: what every planner scores a partition with.
+
+    ``edge_load`` is the edge's slowdown factor (1.0: as fast as its compute
+    model says; 2.0: a busy edge, twice as slow), from ``--edge-load`` or a
+    link profile's measured ``edge_load_factor``.
+    """
+
     device: ComputeCost
     edge: ComputeCost
     link: Link
+    edge_load: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.edge_load > 0:
+            raise CogentError(f"edge load must be a positive slowdown factor such as 1.0 or 2.5, got {self.edge_load}")
+
+    def device_node_ms(self, node: Node) -> float:
+        """One node as its own kernel on the device."""
+        return self.device.node_ms(node)
+
+    def edge_node_ms(self, node: Node) -> float:
+        """One node as its own kernel on the edge, slowed by ``edge_load``."""
+        return self.edge.node_ms(node) * self.edge_load
 
     def estimate(self, partition: Partition) -> Latency:
         g = partition.graph
         device_ms = self.device.nodes_ms(g.node(n) for n in partition.head_nodes)
         if partition.device_only:
             return Latency(device_ms, 0.0, 0.0)
-        edge_ms = self.edge.nodes_ms(g.node(n) for n in partition.tail_nodes)
+        edge_ms = self.edge.nodes_ms(g.node(n) for n in partition.tail_nodes) * self.edge_load
         transfer_ms = self.link.transfer_ms(partition.sent_bytes, partition.returned_bytes)
         return Latency(device_ms, transfer_ms, edge_ms)
 
     def to_json(self) -> dict[str, Any]:
-        return {"device": self.device.to_json(), "edge": self.edge.to_json(), "link": self.link.to_json()}
+        return {"device": self.device.to_json(), "edge": self.edge.to_json(), "link": self.link.to_json(), "edge_load": self.edge_load}

@@ -10,8 +10,10 @@ data edge also gets an unbounded reverse edge, which forbids an edge op from
 feeding a device op.  Model inputs are pinned to the device, and a model
 output computed on the edge pays its return transfer.  The minimum cut is
 then exactly device time + transfer time + edge time of the partition; the
-link's round trip, paid once whenever anything runs on the edge, is added
-afterwards and the device-only plan is compared beside it.
+link's round trip and per-message overhead, paid once whenever anything runs
+on the edge, are added afterwards and the device-only plan is compared beside
+it.  Edge times include the model's ``edge_load``; tensors sent up use the
+uplink bandwidth and results coming back the downlink.
 """
 
 from __future__ import annotations
@@ -33,10 +35,6 @@ log = logging.getLogger(__name__)
 _SOURCE, _SINK = "__device__", "__edge__"
 
 
-def _transfer_ms(model: LatencyModel, nbytes: int) -> float:
-    return nbytes * 8 / model.link.bandwidth_bps * 1e3
-
-
 def min_cut_tensors(graph: Graph, model: LatencyModel) -> tuple[str, ...]:
     """The set of tensors the minimum cut sends from device to edge (may be empty: device-only)."""
     import networkx as nx
@@ -44,15 +42,15 @@ def min_cut_tensors(graph: Graph, model: LatencyModel) -> tuple[str, ...]:
     inf = math.inf
     g = nx.DiGraph()
     for n in graph.nodes:
-        g.add_edge(_SOURCE, n.name, capacity=model.edge.node_ms(n))
-        g.add_edge(n.name, _SINK, capacity=model.device.node_ms(n))
+        g.add_edge(_SOURCE, n.name, capacity=model.edge_node_ms(n))
+        g.add_edge(n.name, _SINK, capacity=model.device_node_ms(n))
     for t in graph.inputs:
         g.add_edge(_SOURCE, f"op:{t.name}", capacity=inf)  # the input is born on the device
     for name, info in graph.tensors.items():
         producer = graph.producers[name]
         src = producer.name if producer is not None else f"op:{name}"
         x = f"tensor:{name}"
-        g.add_edge(src, x, capacity=_transfer_ms(model, info.nbytes))
+        g.add_edge(src, x, capacity=model.link.up_ms(info.nbytes))
         g.add_edge(x, src, capacity=inf)
         for c in graph.consumers[name]:
             g.add_edge(x, c.name, capacity=inf)
@@ -60,7 +58,7 @@ def min_cut_tensors(graph: Graph, model: LatencyModel) -> tuple[str, ...]:
     for o in graph.outputs:
         producer = graph.producers[o]
         if producer is not None:  # the result goes back to the device
-            g.add_edge(f"result:{o}", producer.name, capacity=_transfer_ms(model, graph.tensors[o].nbytes))
+            g.add_edge(f"result:{o}", producer.name, capacity=model.link.down_ms(graph.tensors[o].nbytes))
             g.add_edge(_SOURCE, f"result:{o}", capacity=inf)
     _, (device_side, _) = nx.minimum_cut(g, _SOURCE, _SINK)
     sent = []

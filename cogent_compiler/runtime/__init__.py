@@ -18,8 +18,10 @@ _API = {
     "load_manifest": "cogent_compiler.runtime.manifest",
     "sha256_file": "cogent_compiler.runtime.manifest",
     "Frame": "cogent_compiler.runtime.protocol",
+    "EdgeLoad": "cogent_compiler.runtime.protocol",
     "Half": "cogent_compiler.runtime.executor",
     "EdgeServer": "cogent_compiler.runtime.edge",
+    "LoadMeter": "cogent_compiler.runtime.edge",
     "serve": "cogent_compiler.runtime.edge",
     "DeviceClient": "cogent_compiler.runtime.device",
 }

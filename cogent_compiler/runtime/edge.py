@@ -11,6 +11,13 @@ and writing meanwhile (``Half.run`` serialises the VM with a lock).  A request
 with the wrong tensors gets an ERROR frame and the connection stays open; a
 malformed frame gets an ERROR frame and the connection is closed, because the
 stream can no longer be trusted.  SIGTERM and SIGINT stop the server cleanly.
+
+A PROBE frame (``cogentc profile --peer``) is answered with a PROBE_REPLY
+of the size it asks for, without running the model but through the same
+worker-thread hop as a request (its time is the per-message overhead); the reply
+reports the edge's load from a ``LoadMeter``: the half's service time over
+the recent requests against its idle pace (the median of a few runs on zeros
+before the server listens, lowered to any faster steady pace seen later).
 """
 
 from __future__ import annotations
@@ -19,9 +26,12 @@ import argparse
 import asyncio
 import logging
 import signal
+import statistics
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +41,7 @@ from cogent_compiler.runtime import protocol
 from cogent_compiler.runtime.cliutil import add_bundle_options
 from cogent_compiler.runtime.executor import Half
 
-__all__ = ["DEFAULT_PORT", "EdgeServer", "main", "serve", "serve_half"]
+__all__ = ["DEFAULT_PORT", "EdgeServer", "LoadMeter", "main", "serve", "serve_half"]
 
 # Named explicitly: under `python -m` this module is `__main__`.
 log = logging.getLogger("cogent_compiler.runtime.edge")
@@ -40,19 +50,95 @@ DEFAULT_PORT = protocol.DEFAULT_PORT
 _READ_LIMIT = 4 << 20
 
 
+class LoadMeter:
+    """The edge half's service times: an idle baseline and a window of recent requests.
+
+    A request's *service time* runs from handing its decoded inputs to a
+    worker thread to having its outputs back in the event loop, so it includes
+    the wait for the half's lock behind other requests, for a loop busy with
+    other connections, and any slowdown from other work on the machine.
+    ``load_factor`` is the median service time of the last ``window`` requests
+    that finished within ``max_age_s`` seconds, divided by ``baseline_ms``:
+    1.0 is idle speed, 2.0 twice as slow.  It is ``None`` while either is
+    unknown.
+
+    The baseline starts as the median of idle runs (``set_baseline``) and
+    falls to the median of any full window of requests that was faster
+    (a full window: ``min_samples`` requests or more), because the first runs
+    after loading are often slower than the edge's steady idle pace.  So the
+    baseline is the edge's best sustained pace seen, and a load factor well
+    below 1 does not last.  Thread-safe; ``clock`` (seconds) is a parameter so
+    that tests can drive it.
+    """
+
+    def __init__(self, *, window: int = 32, max_age_s: float = 30.0, min_samples: int = 8,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if window < 1 or max_age_s <= 0 or min_samples < 1:
+            raise ValueError(f"LoadMeter needs window >= 1, max_age_s > 0 and min_samples >= 1, got {window}, {max_age_s}, {min_samples}")
+        self.max_age_s = max_age_s
+        self.min_samples = min(min_samples, window)
+        self.baseline_ms: float | None = None
+        self.in_flight = 0
+        self._clock = clock
+        self._recent: deque[tuple[float, float]] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def set_baseline(self, samples_ms: Iterable[float]) -> None:
+        """Take the median of ``samples_ms`` (idle runs) as the baseline; no samples leave it unknown."""
+        samples = list(samples_ms)
+        with self._lock:
+            self.baseline_ms = statistics.median(samples) if samples else None
+
+    def started(self) -> None:
+        """A request began computing."""
+        with self._lock:
+            self.in_flight += 1
+
+    def finished(self, service_ms: float | None) -> None:
+        """A request ended; ``service_ms`` is its service time (``None`` when it failed: not recorded)."""
+        with self._lock:
+            self.in_flight -= 1
+            if service_ms is None:
+                return
+            self._recent.append((self._clock(), service_ms))
+            if len(self._recent) >= self.min_samples:
+                pace = statistics.median(ms for _, ms in self._recent)
+                if self.baseline_ms is None or pace < self.baseline_ms:
+                    self.baseline_ms = pace
+
+    def snapshot(self, handled_s: float = 0.0) -> protocol.EdgeLoad:
+        """The current load as a probe reply carries it."""
+        with self._lock:
+            now = self._clock()
+            recent = [ms for t, ms in self._recent if now - t <= self.max_age_s]
+            recent_ms = statistics.median(recent) if recent else None
+            base = self.baseline_ms
+            factor = recent_ms / base if recent_ms is not None and base else None
+            return protocol.EdgeLoad(factor, base, recent_ms, self.in_flight, len(recent), handled_s)
+
+
+def _nothing() -> None:
+    return None
+
+
 class EdgeServer:
     """Serves one loaded edge half.
 
     Use ``start`` then ``wait_closed`` (or ``serve`` which does both); ``close``
-    stops listening and ends open connections.
+    stops listening and ends open connections.  Before listening, ``start``
+    runs the half ``baseline_runs`` times on zeros to set the idle baseline of
+    ``load`` (0 runs: the load factor stays unknown).
     """
 
-    def __init__(self, half: Half) -> None:
+    def __init__(self, half: Half, *, baseline_runs: int = 3, load: LoadMeter | None = None) -> None:
         self.half = half
+        self.baseline_runs = baseline_runs
+        self.load = load or LoadMeter()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
         self.requests_served = 0
+        self.probes_answered = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -63,6 +149,11 @@ class EdgeServer:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind and start accepting; return the bound (host, port) (the real port when ``port`` is 0)."""
+        if self.baseline_runs > 0 and not self.half.is_empty:
+            zeros = [np.zeros(spec.shape, dtype=spec.dtype) for spec in self.half.input_specs]
+            runs = [(await self._serve_timed(zeros))[1] for _ in range(self.baseline_runs)]
+            self.load.set_baseline(runs)
+            log.info("idle service time %.3f ms (median of %d runs)", self.load.baseline_ms, len(runs))
         # A larger read buffer than the 64 KiB default: requests carry megabytes of activations.
         self._server = await asyncio.start_server(self._on_connect, host, port, limit=_READ_LIMIT)
         return self.address
@@ -102,6 +193,9 @@ class EdgeServer:
                     return
                 if frame is None:
                     return
+                if frame.kind == protocol.PROBE:
+                    await protocol.write_frame(writer, await self._answer_probe(frame))
+                    continue
                 await protocol.write_frame(writer, await self._answer(frame))
         except (ConnectionError, asyncio.IncompleteReadError) as e:
             log.info("connection from %s lost: %s", peer, e)
@@ -136,12 +230,40 @@ class EdgeServer:
                     f"expected {list(spec.shape)} {spec.dtype}"
                 )
 
+    async def _serve_timed(self, inputs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        """Run the half in a worker thread; return its outputs and the service time in ms.
+
+        Timed from the event loop, so the service time includes the thread hop,
+        the wait for the half's lock and the wait for a loop busy with other
+        connections: all the edge adds to a request besides the network.
+        """
+        start = time.perf_counter()
+        outputs: list[np.ndarray] = await asyncio.to_thread(self.half.run, inputs)
+        return outputs, (time.perf_counter() - start) * 1e3
+
+    async def _answer_probe(self, frame: protocol.Frame) -> list[protocol.Buffer]:
+        received = time.perf_counter()
+        # The same worker-thread hop a request takes (without the model): handled_s is then the
+        # per-message dispatch cost every request pays on the edge besides its compute.
+        await asyncio.to_thread(_nothing)
+        self.probes_answered += 1
+        try:
+            load = self.load.snapshot(handled_s=time.perf_counter() - received)
+            return protocol.encode_probe_reply(frame.request_id, load, frame.reply_bytes)
+        except ProtocolError as e:  # decode_payload already bounds reply_bytes; this is a bug, not the peer's fault
+            log.exception("probe %d failed", frame.request_id)
+            return protocol.encode_error(frame.request_id, f"internal edge error: {e}")
+
     async def _answer(self, frame: protocol.Frame) -> list[protocol.Buffer]:
         try:
             self._check_request(frame)
-            start = time.perf_counter()
-            outputs: list[np.ndarray] = await asyncio.to_thread(self.half.run, frame.arrays)
-            log.debug("request %d computed in %.3f ms", frame.request_id, (time.perf_counter() - start) * 1e3)
+            self.load.started()
+            service_ms: float | None = None
+            try:
+                outputs, service_ms = await self._serve_timed(frame.arrays)
+            finally:
+                self.load.finished(service_ms)
+            log.debug("request %d computed in %.3f ms", frame.request_id, service_ms)
             self.requests_served += 1
             return protocol.encode(protocol.RESPONSE, frame.request_id, list(zip(self.half.output_names, outputs)))
         except RuntimeFailure as e:

@@ -5,8 +5,8 @@ A frame is a fixed 20-byte header followed by a payload::
     header (network byte order, struct "!4sBBHIQ"):
         magic        4s   b"CGNT"
         version      u8   1
-        kind         u8   1 = REQUEST, 2 = RESPONSE, 3 = ERROR
-        count        u16  number of tensors (0 for ERROR)
+        kind         u8   1 = REQUEST, 2 = RESPONSE, 3 = ERROR, 4 = PROBE, 5 = PROBE_REPLY
+        count        u16  number of tensors (0 for ERROR, PROBE and PROBE_REPLY)
         request_id   u32  chosen by the device, echoed by the edge
         payload_len  u64  bytes that follow the header
 
@@ -19,6 +19,34 @@ A frame is a fixed 20-byte header followed by a payload::
         data         the C-contiguous little-endian element bytes (itemsize × prod(dims))
 
     payload of ERROR: the message in UTF-8.
+
+    payload of PROBE (struct "!Q", then filler):
+        reply_len    u64  filler bytes the edge must send back, at most MAX_PROBE_BYTES
+        filler       any bytes, ignored (payload_len - 8 of them, at most MAX_PROBE_BYTES)
+
+    payload of PROBE_REPLY (struct "!dddIIQ", then filler):
+        load_factor  f64  recent_ms / baseline_ms; NaN when either is unknown
+        baseline_ms  f64  the edge half's idle service time (runs at startup, or a faster steady pace since); NaN if none
+        recent_ms    f64  median service time of the recent requests; NaN if none
+        in_flight    u32  requests being computed when the probe arrived
+        recent       u32  how many requests ``recent_ms`` is the median of
+        handled_ns   u64  nanoseconds from reading the probe to replying, a request's dispatch path without the model
+        filler       reply_len zero bytes
+
+A PROBE measures the link with this framing and socket path (``cogentc profile
+--peer``): the edge answers it without running the model, so the device
+can time uploads (a large probe, empty reply) and downloads (an empty
+probe, large reply) separately.  The edge's *service time* of a request is the
+time from handing its decoded inputs to a worker thread to having the outputs
+back, including the wait for the model's lock behind other requests;
+``load_factor`` is how much slower that has recently been than when the edge
+was idle.
+
+PROBE and PROBE_REPLY were added without changing ``VERSION``: frames of kinds
+1–3 are exactly as before, so old devices and new edges interoperate.  An edge
+older than probes answers a PROBE with an ERROR frame ("unknown frame kind 4")
+and closes the connection; ``cogent_compiler.cost.link`` reports that as an
+edge "older than probes" to upgrade.
 
 The padding lets the receiver view the data with ``numpy.frombuffer`` at an
 aligned address without copying.  Nothing is pickled; every field is checked on
@@ -47,14 +75,20 @@ __all__ = [
     "MAGIC",
     "MAX_FRAME_BYTES",
     "MAX_NDIM",
+    "MAX_PROBE_BYTES",
+    "PROBE",
+    "PROBE_REPLY",
     "REQUEST",
     "RESPONSE",
     "VERSION",
     "Buffer",
+    "EdgeLoad",
     "Frame",
     "decode_payload",
     "encode",
     "encode_error",
+    "encode_probe",
+    "encode_probe_reply",
     "parse_header",
     "read_frame",
     "recv_frame",
@@ -69,10 +103,15 @@ VERSION = 1
 REQUEST = 1
 RESPONSE = 2
 ERROR = 3
-_KIND_NAMES = {REQUEST: "REQUEST", RESPONSE: "RESPONSE", ERROR: "ERROR"}
+PROBE = 4
+PROBE_REPLY = 5
+_KIND_NAMES = {REQUEST: "REQUEST", RESPONSE: "RESPONSE", ERROR: "ERROR", PROBE: "PROBE", PROBE_REPLY: "PROBE_REPLY"}
+_TENSORLESS = (ERROR, PROBE, PROBE_REPLY)
 
 #: The frame header: magic, version, kind, tensor count, request id, payload length.
 HEADER = struct.Struct("!4sBBHIQ")
+_PROBE = struct.Struct("!Q")
+_PROBE_REPLY = struct.Struct("!dddIIQ")
 _TENSOR_HEAD = struct.Struct("!H")
 _TENSOR_META = struct.Struct("!BB")
 _ALIGN = 8
@@ -80,6 +119,8 @@ _ALIGN = 8
 #: Largest payload accepted (and sent); a corrupt length field must not make a peer allocate gigabytes.
 MAX_FRAME_BYTES = 1 << 30
 _MAX_ERROR_CHARS = 4096
+#: Largest filler a PROBE may carry or ask for: a probe must not make the edge allocate without bound.
+MAX_PROBE_BYTES = 64 << 20
 #: Largest tensor rank accepted.
 MAX_NDIM = 16
 
@@ -105,18 +146,45 @@ Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
+class EdgeLoad:
+    """How busy the edge is, as a PROBE_REPLY reports it.
+
+    ``load_factor`` is ``recent_ms / baseline_ms`` (``None`` when either is
+    unknown: an empty half, or no request in the recent window); 1.0 means the
+    edge serves at its idle speed, 2.0 twice as slowly.  ``handled_s`` is the
+    edge's own time for the probe, part of the per-message overhead.
+    """
+
+    load_factor: float | None = None
+    baseline_ms: float | None = None
+    recent_ms: float | None = None
+    in_flight: int = 0
+    recent: int = 0
+    handled_s: float = 0.0
+
+    def to_json(self) -> dict[str, float | int | None]:
+        return {"load_factor": self.load_factor, "baseline_ms": self.baseline_ms, "recent_ms": self.recent_ms,
+                "in_flight": self.in_flight, "recent": self.recent, "handled_s": self.handled_s}
+
+
+@dataclass(frozen=True)
 class Frame:
     """One decoded frame.
 
-    ``tensors`` holds ``(name, array)`` pairs in wire order (empty for ERROR);
-    ``message`` holds an ERROR frame's text (``None`` otherwise).  Arrays view the
-    receive buffer; they are read-only when that buffer is ``bytes``.
+    ``tensors`` holds ``(name, array)`` pairs in wire order (empty for ERROR
+    and probes); ``message`` holds an ERROR frame's text (``None`` otherwise).
+    Arrays view the receive buffer; they are read-only when that buffer is
+    ``bytes``.  A PROBE sets ``reply_bytes`` (the filler it asks for) and
+    ``filler_bytes``; a PROBE_REPLY sets ``load`` and ``filler_bytes``.
     """
 
     kind: int
     request_id: int
     tensors: list[tuple[str, np.ndarray]] = field(default_factory=list)
     message: str | None = None
+    reply_bytes: int = 0
+    filler_bytes: int = 0
+    load: EdgeLoad | None = None
 
     @property
     def names(self) -> list[str]:
@@ -199,6 +267,47 @@ def encode_error(request_id: int, message: str) -> list[Buffer]:
     return [HEADER.pack(MAGIC, VERSION, ERROR, 0, request_id, len(raw)), raw]
 
 
+_zero_filler = memoryview(b"")
+
+
+def _filler(n: int) -> memoryview:
+    """``n`` zero bytes, as a view of one buffer kept between calls (probes are sent repeatedly)."""
+    global _zero_filler
+    if len(_zero_filler) < n:
+        _zero_filler = memoryview(bytes(n))
+    return _zero_filler[:n]
+
+
+def _check_probe_size(what: str, n: int) -> None:
+    if not 0 <= n <= MAX_PROBE_BYTES:
+        raise ProtocolError(f"{what} of {n} bytes is outside 0..{MAX_PROBE_BYTES} (MAX_PROBE_BYTES)")
+
+
+def encode_probe(request_id: int, payload_bytes: int, reply_bytes: int) -> list[Buffer]:
+    """Encode a PROBE carrying ``payload_bytes`` of filler that asks for ``reply_bytes`` back.
+
+    Both sizes must lie in ``0..MAX_PROBE_BYTES``.
+    """
+    _check_probe_size("probe payload", payload_bytes)
+    _check_probe_size("probe reply", reply_bytes)
+    head = HEADER.pack(MAGIC, VERSION, PROBE, 0, request_id, _PROBE.size + payload_bytes) + _PROBE.pack(reply_bytes)
+    return [head, _filler(payload_bytes)] if payload_bytes else [head]
+
+
+def encode_probe_reply(request_id: int, load: EdgeLoad, reply_bytes: int) -> list[Buffer]:
+    """Encode the PROBE_REPLY to a probe that asked for ``reply_bytes``, reporting ``load``."""
+    _check_probe_size("probe reply", reply_bytes)
+    nan = float("nan")
+
+    def f(x: float | None) -> float:
+        return nan if x is None else float(x)
+
+    body = _PROBE_REPLY.pack(f(load.load_factor), f(load.baseline_ms), f(load.recent_ms), load.in_flight & 0xFFFFFFFF,
+                             load.recent & 0xFFFFFFFF, max(0, int(load.handled_s * 1e9)))
+    head = HEADER.pack(MAGIC, VERSION, PROBE_REPLY, 0, request_id, _PROBE_REPLY.size + reply_bytes) + body
+    return [head, _filler(reply_bytes)] if reply_bytes else [head]
+
+
 def parse_header(header: Buffer, *, max_bytes: int = MAX_FRAME_BYTES) -> tuple[int, int, int, int]:
     """Check a 20-byte frame header; return ``(kind, count, request_id, payload_len)``.
 
@@ -219,11 +328,14 @@ def parse_header(header: Buffer, *, max_bytes: int = MAX_FRAME_BYTES) -> tuple[i
             "deploy device and edge from the same cogentc release"
         )
     if kind not in _KIND_NAMES:
-        raise ProtocolError(f"unknown frame kind {kind}; expected 1 (REQUEST), 2 (RESPONSE) or 3 (ERROR)")
+        known = ", ".join(f"{k} ({n})" for k, n in _KIND_NAMES.items())
+        raise ProtocolError(f"unknown frame kind {kind}; expected one of {known}")
     if length > max_bytes:
         raise ProtocolError(f"frame payload of {length} bytes exceeds the limit of {max_bytes} bytes")
-    if kind == ERROR and count != 0:
-        raise ProtocolError(f"ERROR frame declares {count} tensors; it must carry none")
+    if kind in _TENSORLESS and count != 0:
+        raise ProtocolError(f"{_KIND_NAMES[kind]} frame declares {count} tensors; it must carry none")
+    if kind == PROBE and length > _PROBE.size + MAX_PROBE_BYTES:
+        raise ProtocolError(f"PROBE payload of {length} bytes exceeds the probe limit of {MAX_PROBE_BYTES} bytes")
     return kind, count, request_id, length
 
 
@@ -241,6 +353,22 @@ def decode_payload(kind: int, request_id: int, count: int, payload: Buffer) -> F
             return Frame(kind, request_id, [], bytes(view).decode("utf-8"))
         except UnicodeDecodeError as e:
             raise ProtocolError(f"ERROR frame message is not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    if kind == PROBE:
+        if total < _PROBE.size:
+            raise ProtocolError(f"truncated PROBE: payload of {total} bytes, expected at least {_PROBE.size}")
+        (reply_bytes,) = _PROBE.unpack_from(view, 0)
+        _check_probe_size("PROBE asks for a reply", reply_bytes)
+        return Frame(kind, request_id, reply_bytes=reply_bytes, filler_bytes=total - _PROBE.size)
+    if kind == PROBE_REPLY:
+        if total < _PROBE_REPLY.size:
+            raise ProtocolError(f"truncated PROBE_REPLY: payload of {total} bytes, expected at least {_PROBE_REPLY.size}")
+        factor, baseline, recent_ms, in_flight, recent, handled_ns = _PROBE_REPLY.unpack_from(view, 0)
+
+        def opt(x: float) -> float | None:
+            return None if x != x else x  # NaN: unknown
+
+        load = EdgeLoad(opt(factor), opt(baseline), opt(recent_ms), in_flight, recent, handled_ns / 1e9)
+        return Frame(kind, request_id, load=load, filler_bytes=total - _PROBE_REPLY.size)
     tensors: list[tuple[str, np.ndarray]] = []
     pos = 0
 
