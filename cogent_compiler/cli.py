@@ -5,6 +5,8 @@
     cogentc plan MODEL --bandwidth 20mbit        print the candidate cuts and the choice
     cogentc tunedb show|export|merge             the tuning databases (``--tune-budget`` fills them)
     cogentc profile --target llvm -o dev.json    measure this machine into a profile (``--device-profile``)
+    cogentc profile --peer HOST:PORT -o link.json  measure the link to an edge (``--link-profile``)
+    cogentc profile --target arm --rpc HOST:PORT:KEY -o arm.json  measure a board through a TVM RPC tracker
 
 Progress goes to stderr, results to stdout (``--json`` for machines).  A
 failure prints one line naming the problem and exits non-zero.
@@ -47,8 +49,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="llvm,llvm", metavar="DEVICE,EDGE", help="device target then edge target: llvm, arm, cuda[:sm_XX] (default llvm,llvm)")
-    p.add_argument("--bandwidth", default="20mbit", help="link bandwidth, e.g. 20mbit, 500kbit (default 20mbit)")
-    p.add_argument("--rtt", default="10ms", help="link round-trip time, e.g. 10ms (default 10ms)")
+    # No argparse defaults: a flag the user gives overrides --link-profile, an absent one does not.
+    p.add_argument("--bandwidth", help="link bandwidth both ways, e.g. 20mbit, 500kbit (default: from --link-profile, else 20mbit)")
+    p.add_argument("--rtt", help="link round-trip time, e.g. 10ms (default: from --link-profile, else 10ms)")
+    p.add_argument("--link-profile", metavar="FILE", help="plan with the link measured by `cogentc profile --peer` (bandwidth each way, RTT, "
+                   "per-message overhead, edge load); --bandwidth, --rtt and --edge-load override its figures")
+    p.add_argument("--edge-load", type=float, metavar="F", help="edge slowdown factor multiplying edge compute: 1.0 idle, 2.0 twice as slow "
+                   "(default: from --link-profile, else 1.0)")
     p.add_argument("--device-gmacs", type=float, metavar="G", help="device throughput in GMAC/s for the estimate (default per target: arm 2, llvm 10)")
     p.add_argument("--edge-gmacs", type=float, metavar="G", help="edge throughput in GMAC/s for the estimate (default per target: llvm 10, cuda 500)")
     p.add_argument("--device-profile", metavar="FILE", help="predict device compute from this measured profile (`cogentc profile`) instead of --device-gmacs")
@@ -95,14 +102,20 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p = argparse.ArgumentParser(
             prog="cogentc profile",
             description="Measure reference layers (conv2d, linear, pooling, element-wise) compiled as a bundle compiles them, "
-            "on this machine, and write a profile for --device-profile/--edge-profile. Resumable: run again with the same -o to go on.",
+            "on this machine (or, with --rpc, on a board reached through a TVM RPC tracker), and write a profile for --device-profile/--edge-profile. Resumable: run again with the same -o to go on. "
+            "With --peer HOST:PORT, measure instead the link to a running cogent-edge with the runtime's own protocol "
+            "(bandwidth each way, RTT, per-message overhead, the edge's load) and write a link profile for --link-profile.",
         )
-        p.add_argument("--target", default="llvm", help="the target to measure: llvm (this CPU); arm and cuda need --rpc, not implemented yet")
+        p.add_argument("--peer", metavar="HOST:PORT", help="measure the link to the cogent-edge serving at HOST:PORT instead of compute (no --target needed)")
+        p.add_argument("--sizes", metavar="BYTES,...", help="--peer: probe payload sizes each way, e.g. 16k,64k,256k,1m (default 16k,64k,256k,1m)")
+        p.add_argument("--repeats", type=int, default=5, metavar="N", help="--peer: probes per size and direction (default 5)")
+        p.add_argument("--target", default="llvm", help="the target to measure: llvm (this CPU, or a remote one with --rpc); arm and cuda need --rpc")
         p.add_argument("-o", "--output", required=True, metavar="FILE", help="the profile JSON to write (an existing one of the same target, quota and threads is resumed)")
         p.add_argument("--cpu-quota", type=float, metavar="Q", help="time under a CPU quota, a fraction of one core such as 0.1, to emulate a weak device (needs root)")
         p.add_argument("--budget", default="10m", metavar="TIME", help="stop adding samples after this long, e.g. 30s, 10m (default 10m)")
         p.add_argument("--threads", type=int, metavar="N", help="TVM runtime threads (default: TVM_NUM_THREADS, else half the cores)")
-        p.add_argument("--rpc", metavar="HOST:PORT", help="measure an arm or cuda target through a TVM RPC tracker (not implemented yet)")
+        p.add_argument("--rpc", metavar="HOST:PORT:KEY", help="compile here but time on a board through a TVM RPC tracker at HOST:PORT, on a runner "
+                       "registered with key KEY (python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY on the board); needed for arm and cuda")
         p.add_argument("--only", metavar="OPS", help="measure only these op kinds, e.g. conv2d,linear")
         _add_output_args(p, "print a summary as JSON on stdout")
         return p
@@ -159,7 +172,7 @@ def _load(args: argparse.Namespace, say: _Progress) -> Any:
 
 def _options(args: argparse.Namespace) -> Any:
     from cogent_compiler.cost import parse_bandwidth, parse_duration
-    from cogent_compiler.driver import CompileOptions
+    from cogent_compiler.driver import CompileOptions, link_settings
 
     parts = [t for t in args.target.split(",") if t.strip()]
     if len(parts) != 2:
@@ -187,8 +200,8 @@ def _options(args: argparse.Namespace) -> Any:
     return CompileOptions(
         device_target=parts[0].strip(),
         edge_target=parts[1].strip(),
-        bandwidth_bps=parse_bandwidth(args.bandwidth),
-        rtt_s=parse_duration(args.rtt),
+        **link_settings(args.link_profile, bandwidth_bps=parse_bandwidth(args.bandwidth) if args.bandwidth is not None else None,
+                        rtt_s=parse_duration(args.rtt) if args.rtt is not None else None, edge_load=args.edge_load),
         device_gmacs=args.device_gmacs,
         edge_gmacs=args.edge_gmacs,
         device_profile=args.device_profile,
@@ -212,7 +225,7 @@ def _cmd_inspect(args: argparse.Namespace, say: _Progress) -> int:
 
 def _cmd_plan(args: argparse.Namespace, say: _Progress) -> int:
     from cogent_compiler.backends import resolve_target
-    from cogent_compiler.driver import choose_plan, latency_model_for
+    from cogent_compiler.driver import choose_plan, describe_link, latency_model_for
     from cogent_compiler.passes import FoldBatchNorm
 
     options = _options(args)
@@ -230,6 +243,7 @@ def _cmd_plan(args: argparse.Namespace, say: _Progress) -> int:
         print(f"{p.name[:36]:<36} {lat.device_ms:>10.2f} {lat.transfer_ms:>12.2f} {lat.edge_ms:>10.2f} {lat.total_ms:>10.2f}{mark}")
     sp = ", ".join(f"{k} {v:.2f}x" for k, v in report.speedups().items())
     print(f"predicted speedup of the chosen plan: {sp} (latency model: device {_source(model.device.source)}, edge {_source(model.edge.source)})")
+    print(f"link: {describe_link(model)}")
     return 0
 
 
@@ -241,20 +255,75 @@ def _cmd_profile(args: argparse.Namespace, say: _Progress) -> int:
     from cogent_compiler.cost import parse_duration
     from cogent_compiler.cost.profiler import measure_profile, reference_layers
 
-    if args.rpc:
-        raise CogentError(f"cogentc profile --rpc {args.rpc}: profiling through a TVM RPC runner is not implemented yet; only llvm (this CPU) can be profiled")
+    if args.peer:
+        return _profile_link(args, say)
+    rpc = _parse_rpc(args.rpc) if args.rpc else None
     budget = parse_duration(args.budget, default_unit="s")
     layers = reference_layers(t.strip() for t in args.only.split(",") if t.strip()) if args.only else None
     profile = measure_profile(args.target, args.output, budget_s=budget, cpu_quota=args.cpu_quota, threads=args.threads,
-                              layers=layers, progress=lambda msg: say("profile", msg))
+                              layers=layers, progress=lambda msg: say("profile", msg), rpc=rpc)
     summary = {"profile": args.output, "target": profile.target, "samples": len(profile.samples), "cpu_quota": profile.cpu_quota,
-               "threads": profile.threads, "fits": {k: {"samples": v["samples"], "median_rel_err": v["median_rel_err"]} for k, v in profile.fits.items()}}
+               "threads": profile.threads, "fits": {k: {"samples": v["samples"], "median_rel_err": v.get("median_rel_err")} for k, v in profile.fits.items()}}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(f"{args.output}: {len(profile.samples)} samples on {profile.target}; fits (samples, median in-sample error):")
         for k, v in profile.fits.items():
-            print(f"  {k:<24} {v['samples']:>4}  {100 * v['median_rel_err']:5.1f} %")
+            err = f"{100 * v['median_rel_err']:5.1f} %" if "median_rel_err" in v else f"{v.get('median_abs_err_ms', 0):.3f} ms"
+            print(f"  {k:<28} {v['samples']:>4}  {err}")
+    return 0
+
+
+def _parse_rpc(text: str) -> Any:
+    """``--rpc HOST:PORT:KEY`` as a ``tuning.RPCSpec``; a one-line error otherwise."""
+    from cogent_compiler.backends.tuning import parse_rpc_tracker
+
+    host, port, key = (text.split(":") + ["", "", ""])[:3] if text.count(":") == 2 else ("", "", "")
+    if not host or not port.isdigit() or not key:
+        raise CogentError(f"--rpc {text!r}: expected HOST:PORT:KEY, e.g. 192.168.1.5:9190:rk3588 (the RPC tracker's address and "
+                          "the key the board's rpc_server registered with --key)")
+    return parse_rpc_tracker(f"{host}:{port}", key)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20}
+
+
+def _parse_sizes(text: str) -> list[int]:
+    """``"16k,64k,1m"`` -> byte counts (k and m are binary: 1024 and 1024²)."""
+    import re
+
+    sizes = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        m = re.fullmatch(r"([0-9]+)\s*([a-zA-Z]*)", part)
+        if not m or m.group(2).lower() not in _SIZE_UNITS or int(m.group(1)) == 0:
+            raise CogentError(f"--sizes {text!r}: {part!r} is not a positive size; write sizes such as 16k,64k,256k,1m")
+        sizes.append(int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if not sizes:
+        raise CogentError(f"--sizes {text!r}: give at least one size, e.g. 64k,1m")
+    return sizes
+
+
+def _profile_link(args: argparse.Namespace, say: _Progress) -> int:
+    """``cogentc profile --peer HOST:PORT -o FILE``: measure the link to a running edge, write a link profile."""
+    from cogent_compiler.cost.link import DEFAULT_SIZES, measure_link, save_link_profile
+    from cogent_compiler.runtime.device import parse_address
+
+    for flag, value in (("--rpc", args.rpc), ("--only", args.only), ("--cpu-quota", args.cpu_quota), ("--threads", args.threads)):
+        if value is not None:
+            raise CogentError(f"cogentc profile --peer measures a link; {flag} belongs to compute profiling (drop it, or drop --peer)")
+    try:
+        host, port = parse_address(args.peer)
+    except ValueError as e:
+        raise CogentError(f"--peer {e}") from e
+    sizes = _parse_sizes(args.sizes) if args.sizes else list(DEFAULT_SIZES)
+    profile = measure_link(host, port, sizes=sizes, repeats=args.repeats, progress=lambda msg: say("link", msg))
+    save_link_profile(profile, args.output)
+    if args.json:
+        doc = profile.to_json()
+        doc.pop("samples")
+        print(json.dumps({"link_profile": args.output, **doc}, indent=2))
+    else:
+        print(f"{args.output}: {profile.peer}: {profile.summary()}")
     return 0
 
 

@@ -17,11 +17,15 @@ detection): without it LLVM emits SSE2 only.
 ``compile_program(..., cpu_schedules=False)`` compiles CPU targets with TVM
 0.27's default pipeline only (generic ``llvm``, no fusion, no schedules), the
 untuned baseline ``benchmarks/backends.py`` compares against.
+``compile_program(..., kernel_info=True)`` also writes what a remote profiler
+needs to time each kernel on its own (``kernels.json``, ``kernels.so``; see
+``cost.remote_worker``); bundles do not ask for them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -37,12 +41,17 @@ from cogent_compiler.backends.pipeline import CPU_SCHEDULE, CPUSchedule, _first_
 from cogent_compiler.backends.targets import TargetSpec
 from cogent_compiler.errors import BackendError
 
-__all__ = ["CompiledModule", "CPUSchedule", "CPU_SCHEDULE", "compile_program", "cpu_default_schedules", "schedule_cpu_primfunc", "tvm_target_for", "LIBRARY_NAME", "PARAMS_NAME"]
+__all__ = ["CompiledModule", "CPUSchedule", "CPU_SCHEDULE", "compile_program", "cpu_default_schedules", "schedule_cpu_primfunc", "tvm_target_for", "kernel_calls",
+           "LIBRARY_NAME", "PARAMS_NAME", "KERNELS_INFO_NAME", "KERNEL_LIBRARY_NAME"]
 
 log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "model.so"
 PARAMS_NAME = "params.npz"
+#: ``compile_program(kernel_info=True)``: each kernel call of ``main`` with its parameters' shapes and dtypes
+KERNELS_INFO_NAME = "kernels.json"
+#: ``compile_program(kernel_info=True)``: the kernels alone, as a library whose own functions they are
+KERNEL_LIBRARY_NAME = "kernels.so"
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,43 @@ def precompile_cuda(executable: Any, target: TargetSpec, out_dir: Path) -> tuple
     return tuple(paths)
 
 
+def kernel_calls(mod: Any) -> list[dict[str, Any]]:
+    """The kernel calls of ``mod``'s ``main`` in call order: ``{"kernel": name, "params": [{"shape", "dtype"}, ...]}``.
+
+    ``mod`` is a scheduled Relax module (before build).  ``params`` are the
+    PrimFunc's parameters in order, outputs included (destination passing);
+    a scalar parameter has ``"shape": null``, and so has a buffer of symbolic
+    shape.  Without a ``main`` whose bindings call kernels, every PrimFunc is
+    listed once, in module order.
+    """
+    import tvm
+    from tvm import relax, tirx
+
+    call_ops = {tvm.ir.Op.get("relax.call_tir"), tvm.ir.Op.get("relax.call_tir_inplace")}
+
+    def params(func: Any) -> list[dict[str, Any]]:
+        out = []
+        for p in func.params:  # TVM 0.27: a tensor parameter is itself a ``tirx.Buffer``
+            if not isinstance(p, tirx.Buffer):
+                out.append({"shape": None, "dtype": str(p.dtype)})
+                continue
+            dims = [int(d) if isinstance(d, tirx.IntImm) else None for d in p.shape]
+            out.append({"shape": None if None in dims else dims, "dtype": str(p.dtype)})
+        return out
+
+    prims = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+    order: list[str] = []
+    main = next((f for gv, f in mod.functions_items() if gv.name_hint == "main" and isinstance(f, relax.Function)), None)
+    if main is not None and isinstance(main.body, relax.SeqExpr):
+        for block in main.body.blocks:
+            for binding in block.bindings:
+                value = getattr(binding, "value", None)
+                if isinstance(value, relax.Call) and value.op in call_ops and isinstance(value.args[0], relax.GlobalVar):
+                    if value.args[0].name_hint in prims:
+                        order.append(value.args[0].name_hint)
+    return [{"kernel": name, "params": params(prims[name])} for name in (order or list(prims))]
+
+
 def tvm_target_for(target: TargetSpec) -> Any:
     """The TVM target to compile ``target`` with: ``llvm`` gets this machine's CPU as ``mcpu``.
 
@@ -138,6 +184,7 @@ def compile_program(
     cpu_schedules: bool = True,
     database: Any = None,
     layout: str | None = None,
+    kernel_info: bool = False,
 ) -> CompiledModule:
     """Compile ``program`` for ``target`` into ``out_dir/model.so`` and ``out_dir/params.npz``.
 
@@ -159,8 +206,8 @@ def compile_program(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     baseline = target.device == "cpu" and not cpu_schedules
-    if baseline and (database is not None or layout is not None):
-        raise BackendError(f"{name}: cpu_schedules=False compiles with TVM's default pipeline only; it takes no database or layout")
+    if baseline and (database is not None or layout is not None or kernel_info):
+        raise BackendError(f"{name}: cpu_schedules=False compiles with TVM's default pipeline only; it takes no database, layout or kernel_info")
     t0 = time.perf_counter()
     try:
         mod = _import(program, kind)
@@ -187,21 +234,26 @@ def compile_program(
                 from cogent_compiler.backends.tuning import database_hits
 
                 tuned = database_hits(mod, tvm_target, database)
-            executable = pipeline.build(pipeline.schedule(mod, tvm_target, database=database), tvm_target)
+            mod = pipeline.schedule(mod, tvm_target, database=database)
+            if kernel_info:
+                (out_dir / KERNELS_INFO_NAME).write_text(json.dumps({"calls": kernel_calls(mod)}, indent=1) + "\n")
+            executable = pipeline.build(mod, tvm_target)
             stages = pipeline.stages_for(tvm_target)
     except BackendError:
         raise
     except Exception as e:
         raise BackendError(f"{name}: TVM failed to compile for {target.label}: {_first_line(e)}") from e
     kernels = precompile_cuda(executable, target, out_dir) if target.kind == "cuda" else ()
-    lib_path = out_dir / LIBRARY_NAME
-    try:
-        if target.cross_compiler:
-            executable.export_library(str(lib_path), fcompile=tvm.support.cc.cross_compiler(target.cross_compiler))
-        else:
-            executable.export_library(str(lib_path))
-    except Exception as e:
-        raise BackendError(f"{name}: linking {lib_path.name} for {target.label} failed: {_first_line(e)}") from e
+    # the VM executable imports one library module holding every kernel (and, for cuda, the device code)
+    exports = [(executable, out_dir / LIBRARY_NAME)] + ([(executable.mod.imports[0], out_dir / KERNEL_LIBRARY_NAME)] if kernel_info else [])
+    for module, lib_path in exports:
+        try:
+            if target.cross_compiler:
+                module.export_library(str(lib_path), fcompile=tvm.support.cc.cross_compiler(target.cross_compiler))
+            else:
+                module.export_library(str(lib_path))
+        except Exception as e:
+            raise BackendError(f"{name}: linking {lib_path.name} for {target.label} failed: {_first_line(e)}") from e
     params_name = None
     if weights:
         params_name = PARAMS_NAME

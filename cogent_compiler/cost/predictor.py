@@ -25,21 +25,32 @@ profiler's convolutions are measured with their ReLU epilogue, so a ReLU or
 clip epilogue costs nothing more.
 ``node_ms`` alone, without the other nodes, predicts the op as its own kernel.
 
-A convolution's prediction is then scaled by the median measured/fitted ratio
-of the profile's samples with the same output height x width (``ratio_by_hw``
-in the fit), where there are any: schedule tiling makes some sizes slower
-per MAC than others.
+Then the fit is corrected by the samples nearest to the op (``Neighbours``):
+the weighted geometric mean of measured/fitted over the ``K_NEIGHBOURS``
+samples of the same fit with the smallest distance in log2(MACs, input,
+output and parameter bytes) — kernel size and stride must match.  A layer
+measured exactly is predicted as measured; a channel count pruning makes
+takes the correction of the sizes around it.  A linear fit cannot follow
+what schedule tiling does (a 512-channel 7x7 3x3 convolution measured twice
+what its MACs predict, a 56x56 one 0.9x); the neighbours can.
 
 Besides the kernels, each kernel call costs the VM a little
 (``kernel_overhead_ms``, the median of ``(wall - Σ kernels) / kernels`` over
-the samples), added once per predicted kernel.
+the layer samples), added once per predicted kernel.  A half (``nodes_ms``)
+also pays for the layout changes at its edges (``layout_transform:in/out``
+fits, from the transposes around every measured convolution) and for running
+as a whole rather than kernel by kernel with hot caches: the ``graph`` fit,
+ms ≈ a·kernels + b·parameter bytes + c, from whole reference networks
+(``reference_nets``).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +61,35 @@ from cogent_compiler.ir.graph import DTYPE_BYTES, TensorInfo
 
 __all__ = [
     "Fit", "ProfileComputeModel", "ZERO_COST_OPS", "EPILOGUE_OPS", "FUSION_ANCHORS",
-    "fit_samples", "fit_profile", "fit_key", "node_features", "fused_epilogues",
+    "Neighbours", "fit_samples", "fit_profile", "fit_key", "node_features", "fused_epilogues",
 ]
 
 #: Ops that are no kernel after lowering (TVM turns pure reshapes into views).
 ZERO_COST_OPS = frozenset({"reshape", "flatten", "view", "squeeze", "unsqueeze", "getitem", "dropout", "identity", "alias", "detach"})
 #: Element-wise ops that FuseOps fuses into the kernel whose output they read.
 EPILOGUE_OPS = frozenset({"relu", "hardtanh", "relu6", "clamp", "add", "mul", "sub", "sigmoid", "silu", "hardswish", "hardsigmoid", "gelu"})
+#: Ops whose kernel depends on the layout around them: NHWC between convolutions, the caller's NCHW at a half's input.
+LAYOUT_SENSITIVE = frozenset({"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "cat"})
+#: Ops that keep their input's layout (ConvertLayout carries NHWC through them).
+#: The fits of the layout changes at a half's edges: into NHWC before its first convolution, back to NCHW after its last.
+LAYOUT_IN, LAYOUT_OUT = "layout_transform:in", "layout_transform:out"
+#: Ops predicted by another op's fit: TVM lowers a global average pool to the same ``mean`` kernel as
+#: ``x.mean([2, 3])`` (MnasNet's and EfficientNet's pooling).
+FIT_ALIASES = {"mean": "adaptive_avg_pool2d"}
 #: Ops whose kernel takes element-wise epilogues.
 FUSION_ANCHORS = frozenset({"conv2d", "linear", "matmul"})
+#: Ops that keep their input's layout (ConvertLayout carries NHWC through them).
+LAYOUT_AGNOSTIC = EPILOGUE_OPS | LAYOUT_SENSITIVE | {"dropout", "identity", "alias", "detach"}
+#: The samples (and fit) of whole reference networks: a call's cost beyond its kernels (``reference_nets``).
+GRAPH = "graph"
 #: Fewest samples a conv2d variant needs for a fit of its own (else the op kind's fit serves it).
 MIN_VARIANT_SAMPLES = 3
+#: Samples whose measured/fitted ratio corrects a prediction; their weight is 1 / (distance² + softening),
+#: distance in log2 units of MACs and bytes, so an exact match outweighs a neighbour at 2x by about 20:1.
+K_NEIGHBOURS = 4
+NEIGHBOUR_SOFTENING = 0.05
+#: Distance added for a sample of another kernel size or stride.
+SHAPE_MISMATCH = 3.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +121,8 @@ def fit_key(op: str, attrs: Mapping[str, Any]) -> str | None:
     """The variant fit an op may have beside its kind's (``conv2d:depthwise``), or ``None``."""
     if attrs.get("epilogue"):
         return f"{op}:epilogue"
+    if attrs.get("boundary"):
+        return f"{op}:boundary"
     if op != "conv2d":
         return None
     groups = int(attrs.get("groups", 1) or 1)
@@ -141,40 +172,96 @@ def fit_profile(profile: Profile) -> Profile:
     """``profile`` with ``fits`` (per op kind and conv2d variant) and ``kernel_overhead_ms`` computed from its samples."""
     by_key: dict[str, list[Sample]] = {}
     for s in profile.samples:
+        if s.op == GRAPH:
+            continue
         variant = fit_key(s.op, s.attrs)
-        if not s.attrs.get("epilogue"):  # an epilogue's time is what it adds to a kernel, not the op's own
+        if not s.attrs.get("epilogue") and not s.attrs.get("boundary"):  # an epilogue's time is what it adds to a kernel
             by_key.setdefault(s.op, []).append(s)
         if variant:
             by_key.setdefault(variant, []).append(s)
     fits: dict[str, dict[str, Any]] = {}
     for key in sorted(by_key):
-        if ":" in key and not key.endswith(":epilogue") and len(by_key[key]) < MIN_VARIANT_SAMPLES:
+        if ":" in key and not key.endswith((":epilogue", ":boundary")) and len(by_key[key]) < MIN_VARIANT_SAMPLES:
             continue
-        fit = fit_samples(by_key[key])
-        fits[key] = fit.to_json()
-        by_hw: dict[int, list[float]] = {}
-        for s in by_key[key]:
-            hw = _sample_hw(s)
-            if hw:
-                by_hw.setdefault(hw, []).append(s.ms / max(fit.predict(s.macs, s.bytes_moved), 1e-12))
-        if by_hw:
-            fits[key]["ratio_by_hw"] = {str(hw): round(statistics.median(r), 4) for hw, r in sorted(by_hw.items())}
+        fits[key] = fit_samples(by_key[key]).to_json()
+    for key, kernel, side in ((LAYOUT_IN, "transpose", "in_bytes"), (LAYOUT_OUT, "transpose1", "out_bytes")):
+        moves = [Sample(op=key, attrs={}, macs=0, in_bytes=getattr(s, side), out_bytes=0, param_bytes=0, ms=s.kernels[kernel], runs=s.runs)
+                 for s in profile.samples if s.op == "conv2d" and not s.attrs.get("epilogue") and s.kernels.get(kernel, 0) > 0]
+        if len(moves) >= MIN_VARIANT_SAMPLES:
+            fits[key] = fit_samples(moves).to_json()
+    graphs = [s for s in profile.samples if s.op == GRAPH and s.attrs.get("kernels")]
+    if graphs:
+        fits[GRAPH] = _fit_graph(graphs)
     overheads = [max(0.0, (s.wall_ms - sum(s.kernels.values())) / len(s.kernels))
-                 for s in profile.samples if s.wall_ms is not None and s.kernels]
+                 for s in profile.samples if s.wall_ms is not None and s.kernels and s.op != GRAPH]
     return replace(profile, fits=fits, kernel_overhead_ms=float(statistics.median(overheads)) if overheads else 0.0)
 
 
-def _sample_hw(s: Sample) -> int | None:
-    """Output height x width of a conv2d sample (from its output bytes and channels), else ``None``."""
-    cout = int(s.attrs.get("out_channels", 0) or 0)
-    if s.op != "conv2d" or not cout or s.out_bytes % (4 * cout):
-        return None
-    return s.out_bytes // (4 * cout)
+def _graph_features(kernels: float, param_bytes: float, act_bytes: float) -> tuple[float, float, float]:
+    return (kernels, param_bytes, act_bytes)
 
 
-def _node_hw(node: Node) -> int | None:
-    shape = node.outputs[0].shape if node.outputs else ()
-    return shape[2] * shape[3] if node.op == "conv2d" and len(shape) == 4 and shape[0] == 1 else None
+def _fit_graph(samples: Sequence[Sample]) -> dict[str, Any]:
+    """The ``graph`` fit: gap ms ≈ a·kernels + b·parameter bytes + c·bytes the kernels write (non-negative least squares).
+
+    Absolute, not relative, least squares: a network that runs as fast as
+    its kernels has a gap near zero, and what matters is the gap's ms.
+    """
+    import numpy as np
+    from scipy.optimize import nnls
+
+    x = np.array([_graph_features(float(s.attrs["kernels"]), s.param_bytes, float(s.attrs.get("act_bytes", 0))) for s in samples])
+    y = np.array([s.ms for s in samples])
+    scale = np.where(x.max(axis=0) > 0, x.max(axis=0), 1.0)
+    coef, _ = nnls(x / scale, y)
+    coef = coef / scale
+    err = np.abs(x @ coef - y)
+    return {"per_kernel_ms": float(coef[0]), "per_param_byte_ms": float(coef[1]), "per_act_byte_ms": float(coef[2]),
+            "samples": len(samples), "median_abs_err_ms": round(float(np.median(err)), 4), "max_abs_err_ms": round(float(err.max()), 4)}
+
+
+def _log_features(macs: float, in_bytes: float, out_bytes: float, param_bytes: float, attrs: Mapping[str, Any]) -> tuple[float, ...]:
+    """Where a kernel sits among the samples: log2 of its MACs and bytes, and of its output's last dimension.
+
+    The last dimension is there for element-wise ops and pooling in NCHW,
+    whose speed depends on whether the row vectorizes (a ReLU over 112-wide
+    rows measured 10x faster per byte than over 28-wide ones).
+    """
+    shape = attrs.get("out_shape") or ()
+    width = float(shape[-1]) if shape else 0.0
+    return (math.log2(macs + 1), math.log2(in_bytes + 1), math.log2(out_bytes + 1), math.log2(param_bytes + 1), math.log2(width + 1))
+
+
+def _shape_class(attrs: Mapping[str, Any]) -> tuple[Any, Any]:
+    """Kernel size and stride: neighbours must share them (a stride-2 layer is no neighbour of a stride-1 one)."""
+    return (tuple(attrs.get("kernel") or ()), tuple(attrs.get("stride") or ()))
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The samples of one fit, ready for the nearest-neighbour correction (see the module doc)."""
+
+    points: tuple[tuple[tuple[float, ...], tuple[Any, Any], float, str], ...]  # (log features, shape class, log(ms / fit), key)
+
+    @classmethod
+    def of(cls, fit: Fit, samples: Iterable[Sample]) -> Neighbours:
+        return cls(tuple((_log_features(s.macs, s.in_bytes, s.out_bytes, s.param_bytes, s.attrs), _shape_class(s.attrs),
+                          math.log(s.ms / max(fit.predict(s.macs, s.bytes_moved), 1e-12)), s.key) for s in samples))
+
+    def correction(self, features: tuple[float, ...], shape: tuple[Any, Any], exclude: str = "") -> float:
+        """measured/fitted near ``features``: weighted geometric mean over the ``K_NEIGHBOURS`` nearest samples (1.0 if none)."""
+        scored = []
+        for f, cls_, log_ratio, key in self.points:
+            if exclude and key == exclude:
+                continue
+            d2 = sum((a - b) ** 2 for a, b in zip(f, features)) + (SHAPE_MISMATCH**2 if cls_ != shape else 0.0)
+            scored.append((d2, log_ratio))
+        if not scored:
+            return 1.0
+        scored.sort(key=lambda t: t[0])
+        near = scored[:K_NEIGHBOURS]
+        weights = [1.0 / (d2 + NEIGHBOUR_SOFTENING) for d2, _ in near]
+        return math.exp(sum(w * r for w, (_, r) in zip(weights, near)) / sum(weights))
 
 
 def _dtype_bytes(node: Node) -> int:
@@ -187,8 +274,9 @@ def _estimated_input_bytes(node: Node) -> int:
         return 0
     out = node.outputs[0]
     a = node.attrs
-    if node.op == "conv2d" and len(out.shape) == 4 and "in_channels" in a:
-        n, _, ho, wo = out.shape
+    pool = node.op in ("max_pool2d", "avg_pool2d") and "kernel" in a
+    if (node.op == "conv2d" and "in_channels" in a or pool) and len(out.shape) == 4:
+        n, c, ho, wo = out.shape
         dims = []
         for i, o in enumerate((ho, wo)):
             k = int(a.get("kernel", [1, 1])[i])
@@ -197,7 +285,7 @@ def _estimated_input_bytes(node: Node) -> int:
             pad = a.get("padding", [0, 0])
             p = 0 if isinstance(pad, str) else int(pad[i])
             dims.append(max(1, (o - 1) * s - 2 * p + d * (k - 1) + 1) if not isinstance(pad, str) else o * s)
-        return n * int(a["in_channels"]) * dims[0] * dims[1] * _dtype_bytes(node)
+        return n * (c if pool else int(a["in_channels"])) * dims[0] * dims[1] * _dtype_bytes(node)
     if node.op == "linear" and "in_features" in a and "out_features" in a:
         return out.numel // max(1, int(a["out_features"])) * int(a["in_features"]) * _dtype_bytes(node)
     return out.nbytes
@@ -275,15 +363,19 @@ class ProfileComputeModel:
     def source(self) -> str:
         return f"profile {self.path}" if self.path else "profile"
 
+    def _fit_key_for(self, op: str, attrs: Mapping[str, Any]) -> str | None:
+        fits = self.profile.fits
+        op = FIT_ALIASES.get(op, op)
+        return next((k for k in (fit_key(op, attrs), op) if k and k in fits), None)
+
     def fit_for(self, op: str, attrs: Mapping[str, Any], node: str = "") -> Fit:
         """The fit that predicts ``op`` (its conv2d variant's if the profile has one); ``MissingFitError`` if none."""
-        fits = self.profile.fits
-        for key in (fit_key(op, attrs), op):
-            if key and key in fits:
-                return Fit.from_json(fits[key])
+        key = self._fit_key_for(op, attrs)
+        if key is not None:
+            return Fit.from_json(self.profile.fits[key])
         from cogent_compiler.cost.profiler import REFERENCE_OPS
 
-        measured = ", ".join(sorted(k for k in fits if ":" not in k)) or "none"
+        measured = ", ".join(sorted(k for k in self.profile.fits if ":" not in k)) or "none"
         where = self.path or "the profile"
         if op in REFERENCE_OPS:
             hint = f"re-profile with `cogentc profile --target {self.profile.target} --only {op} -o {where}` to add it"
@@ -292,43 +384,120 @@ class ProfileComputeModel:
         what = f"op {op!r} (node {node!r})" if node else f"op {op!r}"
         raise MissingFitError(f"{where}: {what} has no fit in this {self.profile.target} profile (it has: {measured}); {hint}")
 
-    def node_ms(self, node: Node, tensors: Mapping[str, TensorInfo] | None = None) -> float:
-        """Predicted ms of ``node`` as a kernel of its own (``tensors``: known input tensors, see ``node_features``)."""
+    @cached_property
+    def _neighbours(self) -> dict[str, Neighbours]:
+        by_key: dict[str, list[Sample]] = {}
+        for s in self.profile.samples:
+            if s.ms <= 0 or s.op == GRAPH:
+                continue
+            if not s.attrs.get("epilogue") and not s.attrs.get("boundary"):
+                by_key.setdefault(s.op, []).append(s)
+            variant = fit_key(s.op, s.attrs)
+            if variant:
+                by_key.setdefault(variant, []).append(s)
+        return {k: Neighbours.of(Fit.from_json(self.profile.fits[k]), v) for k, v in by_key.items() if k in self.profile.fits}
+
+    def kernel_ms(self, op: str, attrs: Mapping[str, Any], macs: float, in_bytes: float, out_bytes: float, param_bytes: float,
+                  *, node: str = "", exclude: str = "") -> float:
+        """Predicted ms of one kernel with these features: its fit, corrected by its nearest samples (``exclude``: a sample key to leave out)."""
+        key = self._fit_key_for(op, attrs)
+        fit = self.fit_for(op, attrs, node)
+        base = fit.predict(macs, in_bytes + out_bytes + param_bytes)
+        near = self._neighbours.get(key or "")
+        if near is None:
+            return base
+        return base * near.correction(_log_features(macs, in_bytes, out_bytes, param_bytes, attrs), _shape_class(attrs), exclude)
+
+    def node_ms(self, node: Node, tensors: Mapping[str, TensorInfo] | None = None, *, at_input: bool = False) -> float:
+        """Predicted ms of ``node`` as a kernel of its own (``tensors``: known input tensors, see ``node_features``).
+
+        ``at_input``: the node reads its half's input (the caller's NCHW
+        layout), so a pooling or ``cat`` is predicted from the ``:boundary``
+        samples where the profile has them.
+        """
         if node.op in ZERO_COST_OPS:
             return 0.0
-        fit = self.fit_for(node.op, node.attrs, node.name)
         macs, in_b, out_b, par_b = node_features(node, tensors)
-        return fit.predict(macs, in_b + out_b + par_b) * self._hw_ratio(node) + self.profile.kernel_overhead_ms
+        attrs = {**node.attrs, "out_shape": list(node.outputs[0].shape) if node.outputs else []}
+        if at_input and node.op in LAYOUT_SENSITIVE and f"{node.op}:boundary" in self.profile.fits:
+            attrs["boundary"] = True
+        return self.kernel_ms(node.op, attrs, macs, in_b, out_b, par_b, node=node.name) + self.profile.kernel_overhead_ms
 
-    def _hw_ratio(self, node: Node) -> float:
-        """The measured/fitted ratio of this conv's output size in the profile (1 when none was measured).
+    def leave_one_out(self) -> list[tuple[Sample, float]]:
+        """Each kernel sample with its prediction when that sample is left out of the neighbours: (sample, predicted ms).
 
-        CPU schedules tile the output's rows and columns: how well a size
-        divides the tiles changes a convolution's speed by up to 2x at equal
-        MACs (56x56 outputs measured slower per MAC than 14x14 or 112x112), which
-        no linear fit in MACs and bytes can follow.
+        The fits keep every sample (one sample among dozens moves them little),
+        so this is how the profile predicts a shape it did not measure.
         """
-        hw = _node_hw(node)
-        if hw is None:
-            return 1.0
-        fits = self.profile.fits
-        for key in (fit_key(node.op, node.attrs), node.op):
-            if key and key in fits:
-                return float(fits[key].get("ratio_by_hw", {}).get(str(hw), 1.0))
-        return 1.0
+        out = []
+        for s in self.profile.samples:
+            if s.op == GRAPH or s.attrs.get("epilogue") or s.ms <= 0 or self._fit_key_for(s.op, s.attrs) is None:
+                continue
+            out.append((s, self.kernel_ms(s.op, s.attrs, s.macs, s.in_bytes, s.out_bytes, s.param_bytes, exclude=s.key)))
+        return out
 
     def nodes_ms(self, nodes: Iterable[Node]) -> float:
-        """Predicted ms of ``nodes`` run together (one half): element-wise epilogues fused as TVM fuses them."""
+        """Predicted ms of ``nodes`` run together (one half).
+
+        Element-wise epilogues are fused as TVM fuses them; a pooling or
+        ``cat`` that reads the half's input is predicted in that input's
+        layout; and where the half converts layouts (convolutions in NHWC),
+        the conversion of each 4-D input that a convolution reads and of each
+        4-D output that leaves in NHWC is added (``layout_ms``).
+        """
         nodes = list(nodes)
         tensors = {t.name: t for n in nodes for t in n.outputs}
         fused = fused_epilogues(nodes)
         total = 0.0
+        kernels = 0
         for n in nodes:
             if n.name in fused:
                 total += self.epilogue_ms(n, fused[n.name])
                 continue
-            total += self.node_ms(n, tensors)
-        return total
+            total += self.node_ms(n, tensors, at_input=any(i not in tensors for i in n.inputs))
+            kernels += n.op not in ZERO_COST_OPS
+        layout, moves = self._layout(nodes)
+        act = sum(n.output_bytes for n in nodes if n.op not in ZERO_COST_OPS and n.name not in fused)
+        return total + layout + self.in_graph_ms(kernels + moves, sum(n.param_bytes for n in nodes), act)
+
+    def in_graph_ms(self, kernels: int, param_bytes: int, act_bytes: int) -> float:
+        """What a call of ``kernels`` kernels, reading ``param_bytes`` of weights and writing ``act_bytes``, costs beyond them.
+
+        The ``graph`` fit (``reference_nets``); 0 for a profile without one.
+        """
+        fit = self.profile.fits.get(GRAPH)
+        if fit is None or kernels == 0:
+            return 0.0
+        a, b, c = _graph_features(kernels, param_bytes, act_bytes)
+        return float(fit["per_kernel_ms"]) * a + float(fit["per_param_byte_ms"]) * b + float(fit["per_act_byte_ms"]) * c
+
+    def layout_ms(self, nodes: Sequence[Node]) -> float:
+        """The layout changes at the edges of the half ``nodes`` (0 when the profile has no ``layout_transform`` fits)."""
+        return self._layout(nodes)[0]
+
+    def _layout(self, nodes: Sequence[Node]) -> tuple[float, int]:
+        """(ms, number) of the layout changes at the edges of the half ``nodes``."""
+        fits = self.profile.fits
+        if LAYOUT_IN not in fits or LAYOUT_OUT not in fits:
+            return 0.0, 0
+        produced = {t.name: t for n in nodes for t in n.outputs}
+        read = {i for n in nodes for i in n.inputs}
+        nhwc: set[str] = set()
+        converted: dict[str, Node] = {}  # a half input a convolution reads -> that convolution
+        for n in nodes:
+            if n.op == "conv2d":
+                if n.inputs and n.inputs[0] not in produced:
+                    converted.setdefault(n.inputs[0], n)
+                nhwc.update(t.name for t in n.outputs if len(t.shape) == 4)
+            elif n.op in LAYOUT_AGNOSTIC and any(i in nhwc for i in n.inputs):
+                nhwc.update(t.name for t in n.outputs if len(t.shape) == 4)
+        ms = 0.0
+        fin, fout = Fit.from_json(fits[LAYOUT_IN]), Fit.from_json(fits[LAYOUT_OUT])
+        for n in converted.values():
+            ms += fin.predict(0, _estimated_input_bytes(n)) + self.profile.kernel_overhead_ms
+        for name in nhwc - read:
+            ms += fout.predict(0, produced[name].nbytes) + self.profile.kernel_overhead_ms
+        return ms, len(converted) + len(nhwc - read)
 
     def epilogue_ms(self, node: Node, extra_bytes: int) -> float:
         """Predicted ms that ``node`` adds as an epilogue reading ``extra_bytes`` more (``fused_epilogues``).
@@ -349,6 +518,6 @@ class ProfileComputeModel:
             "name": self.name, "source": self.source, "target": self.profile.target, "date": self.profile.date,
             "machine": {"cpu": m.get("cpu"), "cpu_quota": m.get("cpu_quota"), "threads": m.get("threads")},
             "samples": len(self.profile.samples), "kernel_overhead_ms": self.profile.kernel_overhead_ms,
-            "fits": {k: {"ms_per_mac": v["ms_per_mac"], "ms_per_byte": v["ms_per_byte"], "ms_fixed": v["ms_fixed"], "samples": v.get("samples")}
-                     for k, v in self.profile.fits.items()},
+            "fits": {k: ({"ms_per_mac": v["ms_per_mac"], "ms_per_byte": v["ms_per_byte"], "ms_fixed": v["ms_fixed"], "samples": v.get("samples")}
+                         if k != GRAPH else dict(v)) for k, v in self.profile.fits.items()},
         }

@@ -3,7 +3,7 @@
 It runs apart from the compiler so that it can sit in a CPU-quota cgroup and
 start with its own ``TVM_NUM_THREADS``.  Protocol: one JSON request per line
 on stdin, ``{"folder": ..., "inputs": [[shape], ...], "min_batch_s": ...,
-"batches": ...}``; one JSON answer per line on the original stdout,
+"batches": ..., "kernels": true}`` (``"kernels": false`` times only the whole call); one JSON answer per line on the original stdout,
 ``{"kernels": [[symbol, ms], ...], "wall_ms": ..., "runs": ...}`` or
 ``{"error": "..."}``.  Everything else the process prints goes to stderr.
 
@@ -67,9 +67,10 @@ def _measure(req: dict[str, Any]) -> dict[str, Any]:
             calls.append((str(symbol), func, args))
         return 0
 
-    traced = tvm.runtime.vm.VirtualMachine(lib, dev)
-    traced.set_instrument(instrument)
-    traced["main"](*inputs, *params)
+    if req.get("kernels", True):
+        traced = tvm.runtime.vm.VirtualMachine(lib, dev)
+        traced.set_instrument(instrument)
+        traced["main"](*inputs, *params)
     kernels = []
     runs = 0
     for symbol, func, args in calls:
@@ -78,8 +79,8 @@ def _measure(req: dict[str, Any]) -> dict[str, Any]:
         runs = max(runs, n)
     vm = tvm.runtime.vm.VirtualMachine(lib, dev)
     entry = vm["main"]
-    wall_ms, _ = time_call(lambda: entry(*inputs, *params), min_batch_s, batches)
-    return {"kernels": kernels, "wall_ms": wall_ms, "runs": runs}
+    wall_ms, n = time_call(lambda: entry(*inputs, *params), min_batch_s, batches)
+    return {"kernels": kernels, "wall_ms": wall_ms, "runs": runs or n}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,8 +17,12 @@ the profile (samples and fits) is written to ``out``, so an interrupted run
 loses at most one layer, and a run on an existing ``out`` of the same target,
 quota and threads keeps its samples and measures only the missing layers.
 
-Only this machine's CPU (``llvm``) can be measured: ``arm`` and ``cuda`` need
-a TVM RPC runner on the target (``--rpc``), which is not implemented yet.
+Without ``rpc`` only this machine's CPU (``llvm``) can be measured.  With
+``rpc`` (``--rpc HOST:PORT:KEY``, a TVM RPC tracker and the key of a runner on
+the board) the layers are compiled here and timed on that runner by
+``remote_worker.RemoteWorker``, for ``llvm``, ``arm`` or ``cuda``; the
+profile's ``machine["rpc"]`` records the tracker, the key and what the remote
+runtime reports (its threads, CPU or GPU).
 """
 
 from __future__ import annotations
@@ -36,10 +40,16 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cogent_compiler.cost.profile import Profile, Sample, load_profile, save_profile, target_kind
+from cogent_compiler.cost.reference_nets import REFERENCE_NETS
+from cogent_compiler.cost.predictor import ZERO_COST_OPS
 from cogent_compiler.errors import ProfileError
+
+if TYPE_CHECKING:
+    from cogent_compiler.backends.tuning import RPCSpec
+    from cogent_compiler.cost.remote_worker import RemoteWorker
 
 __all__ = ["LayerSpec", "REFERENCE_OPS", "RESIDUAL", "reference_layers", "measure_profile", "BOUNDARY_KERNEL"]
 
@@ -49,6 +59,8 @@ Progress = Callable[[str], None]
 
 #: The reference layer whose sample is the cost of a residual add fused into a convolution.
 RESIDUAL = "conv2d+add"
+#: The reference "layers" that are small whole networks (``reference_nets``): their sample is what a whole call costs beyond its kernels.
+GRAPH = "graph"
 #: Kernels a lone layer needs only because it is alone: layout changes of its input and output
 #: (NCHW <-> NHWC around a convolution); inside a model they are not there.
 BOUNDARY_KERNEL = re.compile(r"^(transpose|layout_transform)\d*$")
@@ -65,6 +77,14 @@ class LayerSpec:
     their bias and ReLU (the epilogue TVM fuses); ``conv2d+add`` is a
     convolution with a residual add and ReLU, whose sample is what the add
     costs inside the convolution's kernel.
+
+    Pooling and ``cat`` run in the layout of the convolutions around them
+    (NHWC on CPUs): inside a model their input comes from a convolution.  So
+    their layer is a 1x1 convolution then the op (then, for ``cat``, another
+    1x1 convolution, which keeps the concatenation in NHWC), and only the op's
+    own kernel is its time.  With ``boundary`` the op reads the layer's input
+    itself, in the caller's NCHW layout, as the first op of a half does: its
+    sample has ``"boundary": true`` and a fit of its own (``max_pool2d:boundary``).
     """
 
     kind: str
@@ -74,22 +94,37 @@ class LayerSpec:
     kernel: int = 1
     stride: int = 1
     groups: int = 1
+    boundary: bool = False
+    #: for kind ``graph``: the reference network (``reference_nets``)
+    net: str = ""
+
+    @property
+    def wrapped(self) -> bool:
+        """Whether the op sits between convolutions (see the class doc)."""
+        return self.kind in LAYOUT_SENSITIVE and not self.boundary
 
     @property
     def key(self) -> str:
+        if self.kind == GRAPH:
+            return f"graph {self.net}"
         if self.kind in ("conv2d", RESIDUAL):
             return f"{self.kind} k{self.kernel} s{self.stride} g{self.groups} {self.channels}->{self.out_channels} @{self.size}"
         if self.kind == "linear":
             return f"linear {self.channels}->{self.out_channels}"
+        where = " at input" if self.boundary else ""
         if self.kind in ("max_pool2d", "avg_pool2d"):
-            return f"{self.kind} k{self.kernel} s{self.stride} {self.channels} @{self.size}"
-        return f"{self.kind} {self.channels} @{self.size}"
+            return f"{self.kind} k{self.kernel} s{self.stride} {self.channels} @{self.size}{where}"
+        return f"{self.kind} {self.channels} @{self.size}{where}"
 
     def module(self) -> tuple[Any, tuple[Any, ...]]:
         """The layer as ``(nn.Module in eval mode, example inputs)``; weights seeded."""
         import torch
         from torch import nn
 
+        if self.kind == GRAPH:
+            from cogent_compiler.cost.reference_nets import reference_net
+
+            return reference_net(self.net)
         torch.manual_seed(0)
         x = torch.randn(1, self.channels, self.size, self.size)
         m: nn.Module
@@ -130,14 +165,40 @@ class LayerSpec:
                     return torch.cat([a, b], 1)
 
             m = Add() if self.kind == "add" else Cat()
-            return m.eval(), (x, torch.randn(1, self.channels, self.size, self.size))
+            if not self.wrapped:
+                return m.eval(), (x, torch.randn(1, self.channels, self.size, self.size))
         else:
             raise ProfileError(f"no reference layer of kind {self.kind!r}; kinds: {', '.join(REFERENCE_OPS)}")
+        if self.wrapped:
+            return _between_convs(m, self.channels, two_inputs=self.kind == "cat"), (x,)
         return m.eval(), (x,)
 
 
+def _between_convs(op: Any, channels: int, *, two_inputs: bool) -> Any:
+    """``op(conv1x1(x))``, or for a two-input op (cat) ``conv1x1(op(conv1x1(x), conv1x1'(x)))``: see ``LayerSpec``."""
+    import torch
+    from torch import nn
+
+    class BetweenConvs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.op, self.a = op, nn.Conv2d(channels, channels, 1)
+            self.b = nn.Conv2d(channels, channels, 1) if two_inputs else None
+            self.after = nn.Conv2d(2 * channels, 8, 1) if two_inputs else None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.b is None or self.after is None:
+                return self.op(self.a(x))
+            return self.after(self.op(self.a(x), self.b(x)))
+
+    return BetweenConvs().eval()
+
+
+#: Ops whose kernel depends on the layout around them (see ``LayerSpec``).
+LAYOUT_SENSITIVE = frozenset({"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "cat"})
+
 #: The op kinds the reference layers cover (``conv2d+add``: a residual add fused into a convolution, see ``_sample``).
-REFERENCE_OPS = ("conv2d", "linear", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "relu", "hardtanh", "add", "cat", "conv2d+add")
+REFERENCE_OPS = ("conv2d", "linear", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "relu", "hardtanh", "add", "cat", "conv2d+add", "graph")
 
 _CONV_MAX_MACS = 6e8
 
@@ -157,6 +218,9 @@ def _families() -> list[list[LayerSpec]]:
         "conv1x1": [conv(c, c, hw, 1) for c in chans for hw in sizes],
         "conv1x1-expand": [conv(c, 6 * c, hw, 1) for c in (16, 24, 32, 64, 96, 160) for hw in (7, 14, 28, 56)],
         "conv1x1-project": [conv(6 * c, c, hw, 1) for c in (16, 24, 32, 64, 96, 160) for hw in (7, 14, 28, 56)],
+        # bottleneck blocks' 4x contract and expand, past the 512 channels of the square grid
+        "conv1x1-bottleneck": [conv(c, c // 4, hw, 1) for c in (256, 512, 1024, 2048) for hw in (7, 14, 28)]
+        + [conv(c // 4, c, hw, 1) for c in (256, 512, 1024, 2048) for hw in (7, 14, 28)],
         "conv3x3-s2": [conv(c, 2 * c, hw, 3, 2) for c in chans[:-1] for hw in (14, 28, 56, 112)],
         "conv1x1-s2": [conv(c, 2 * c, hw, 1, 2) for c in (32, 64, 128, 256) for hw in (14, 28, 56)],
         "depthwise": [conv(c, c, hw, 3, 1, c) for c in (16, 32, 96, 144, 192, 384, 576, 960) for hw in sizes],
@@ -168,13 +232,19 @@ def _families() -> list[list[LayerSpec]]:
                  LayerSpec("conv2d", 3, 32, 112, 7, 2), LayerSpec("conv2d", 3, 64, 112, 7, 2), LayerSpec("conv2d", 3, 16, 56, 7, 2)],
         "linear": [LayerSpec("linear", i, o) for i, o in ((8, 10), (64, 64), (256, 10), (512, 100), (512, 1000), (1024, 1024),
                                                           (1280, 1000), (2048, 1000), (4096, 1000))],
-        "max_pool2d": [LayerSpec("max_pool2d", c, 0, hw, k, 2) for k in (3, 2) for c in (8, 16, 64, 128, 256) for hw in (14, 28, 56, 112)],
+        "max_pool2d": [LayerSpec("max_pool2d", c, 0, hw, k, s) for k, s in ((3, 2), (2, 2), (3, 1)) for c in (8, 16, 64, 128, 256) for hw in (14, 28, 56, 112)],
         "avg_pool2d": [LayerSpec("avg_pool2d", c, 0, hw, 2, 2) for c in (16, 64, 256) for hw in (14, 28, 56)],
         "adaptive_avg_pool2d": [LayerSpec("adaptive_avg_pool2d", c, 0, hw) for c in (8, 64, 256, 512, 1280, 2048) for hw in (4, 7, 14)],
         "relu": [LayerSpec("relu", c, 0, hw) for c in (8, 32, 64, 128, 256) for hw in (7, 14, 28, 56, 112)],
         "hardtanh": [LayerSpec("hardtanh", c, 0, hw) for c in (8, 32, 96, 256) for hw in (7, 14, 28, 56, 112)],
         "add": [LayerSpec("add", c, 0, hw) for c in (8, 32, 64, 128, 256, 512) for hw in (7, 14, 28, 56)],
         "cat": [LayerSpec("cat", c, 0, hw) for c in (16, 64, 256) for hw in (7, 14, 28, 56)],
+        "graphs": [LayerSpec(GRAPH, 0, net=n) for n in REFERENCE_NETS],
+        # the same ops as the first op of a half, reading its NCHW input (see LayerSpec.boundary)
+        "at-input": [LayerSpec("max_pool2d", c, 0, hw, 3, 2, boundary=True) for c in (16, 64, 128) for hw in (28, 56, 112)]
+        + [LayerSpec("avg_pool2d", c, 0, hw, 2, 2, boundary=True) for c in (64, 256) for hw in (14, 28)]
+        + [LayerSpec("adaptive_avg_pool2d", c, 0, hw, boundary=True) for c in (512, 1280, 2048) for hw in (7,)]
+        + [LayerSpec("cat", c, 0, hw, boundary=True) for c in (16, 64, 256) for hw in (14, 28)],
         "residual": [LayerSpec(RESIDUAL, c, c, hw, k) for k in (3, 1) for c, hw in ((16, 56), (24, 56), (32, 28), (64, 56), (64, 14), (96, 14),
                                                                                   (128, 28), (160, 7), (256, 14), (512, 7))],
     }
@@ -251,13 +321,13 @@ class _Worker:
             raise ProfileError(f"the profiling worker exited (status {code}) before answering; see its messages above")
         return dict(json.loads(line))
 
-    def time(self, folder: Path, inputs: Sequence[Sequence[int]], min_batch_s: float, batches: int) -> dict[str, Any]:
+    def time(self, folder: Path, inputs: Sequence[Sequence[int]], min_batch_s: float, batches: int, *, kernels: bool = True) -> dict[str, Any]:
         if not self._ready:
             self._read()  # the worker's "ready": it has imported TVM
             self._ready = True
         stdin: IO[str] | None = self.proc.stdin
         assert stdin is not None
-        stdin.write(json.dumps({"folder": str(folder), "inputs": [list(s) for s in inputs], "min_batch_s": min_batch_s, "batches": batches}) + "\n")
+        stdin.write(json.dumps({"folder": str(folder), "inputs": [list(s) for s in inputs], "min_batch_s": min_batch_s, "batches": batches, "kernels": kernels}) + "\n")
         stdin.flush()
         return self._read()
 
@@ -292,7 +362,7 @@ def _make_quota_cgroup(quota: float) -> Path:
     return path
 
 
-def _new_profile(target_label: str, tvm_target: Any, threads: int, cpu_quota: float | None) -> Profile:
+def _new_profile(target_label: str, tvm_target: Any, threads: int, cpu_quota: float | None, remote: dict[str, Any] | None = None) -> Profile:
     from importlib import metadata
 
     from tvm.target import codegen
@@ -301,13 +371,17 @@ def _new_profile(target_label: str, tvm_target: Any, threads: int, cpu_quota: fl
 
     machine = {**machine_info(), "llvm_mcpu": str(codegen.llvm_get_system_cpu()), "cpu_quota": cpu_quota, "threads": threads,
                "quota_period_us": QUOTA_PERIOD_US if cpu_quota is not None else None}
+    if remote is not None:  # measured on the RPC runner: this machine only compiled
+        name = remote.get("device_name") or remote.get("llvm_mcpu")
+        machine = {"rpc": remote, "cpu": f"rpc {remote['key']} at {remote['tracker']}" + (f" ({name})" if name else ""),
+                   "llvm_mcpu": remote.get("llvm_mcpu"), "cpu_quota": None, "threads": threads, "quota_period_us": None}
     return Profile(
         target=target_label, tvm_target=str(tvm_target), machine=machine, tvm=metadata.version("apache-tvm"),
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
 
 
-def _run_layer(spec: LayerSpec, target: Any, work: Path, worker: _Worker, quota: bool) -> tuple[Any, dict[str, float], dict[str, Any]]:
+def _run_layer(spec: LayerSpec, target: Any, work: Path, worker: _Worker | RemoteWorker, quota: bool) -> tuple[Any, dict[str, float], dict[str, Any]]:
     """Trace, compile and time ``spec``: (its traced graph, kernel -> ms, the worker's answer)."""
     from cogent_compiler.backends.tvm_backend import compile_program
     from cogent_compiler.frontend import from_module, trace
@@ -317,7 +391,7 @@ def _run_layer(spec: LayerSpec, target: Any, work: Path, worker: _Worker, quota:
     graph = trace(loaded)
     # a fresh folder per layer: the worker's loader would hand back a library already loaded from the same path
     folder = Path(tempfile.mkdtemp(prefix="layer-", dir=work))
-    compile_program(loaded.program, "torch", target, folder, name=spec.key)
+    compile_program(loaded.program, "torch", target, folder, name=spec.key, kernel_info=getattr(worker, "kernel_info", False))
     # a quota period is 10 ms: a batch of 10 periods averages over the throttling
     answer = worker.time(folder, [tuple(x.shape) for x in inputs], 0.1 if quota else 0.01, 5 if quota else 7)
     shutil.rmtree(folder, ignore_errors=True)
@@ -329,14 +403,23 @@ def _run_layer(spec: LayerSpec, target: Any, work: Path, worker: _Worker, quota:
 
 
 def _own_ms(spec: LayerSpec, kernels: dict[str, float]) -> float:
-    own = [ms for s, ms in kernels.items() if not BOUNDARY_KERNEL.match(s.split("#")[0])]
+    """The layer's time: its kernels but the boundary layout changes (and, for an op between convolutions, those)."""
+    own = [ms for s, ms in kernels.items() if not BOUNDARY_KERNEL.match(s.split("#")[0]) and not (spec.wrapped and "conv2d" in s)]
     if not own:
         raise _LayerFailed(f"the compiled layer ran no kernel of its own (kernels: {list(kernels)})")
     return sum(own)
 
 
-def _sample(spec: LayerSpec, target: Any, work: Path, worker: _Worker, quota: bool) -> Sample:
+def _sample(spec: LayerSpec, target: Any, work: Path, worker: _Worker | RemoteWorker, quota: bool) -> Sample:
     graph, kernels, answer = _run_layer(spec, target, work, worker, quota)
+    if spec.kind == GRAPH:
+        # what the whole call costs beyond its kernels timed alone (see reference_nets)
+        wall = float(answer["wall_ms"])
+        act = sum(n.output_bytes for n in graph.nodes if n.op not in ZERO_COST_OPS)
+        return Sample(op=GRAPH, attrs={"net": spec.net, "kernels": len(kernels), "act_bytes": act}, macs=graph.total_macs,
+                      in_bytes=sum(t.nbytes for t in graph.inputs), out_bytes=sum(graph.tensors[o].nbytes for o in graph.outputs),
+                      param_bytes=sum(n.param_bytes for n in graph.nodes), ms=round(max(wall - sum(kernels.values()), 1e-6), 6),
+                      runs=int(answer["runs"]), key=spec.key, wall_ms=round(wall, 6), kernels=kernels)
     op = "add" if spec.kind == RESIDUAL else spec.kind
     main = next((n for n in graph.nodes if n.op == op), None)
     if main is None:
@@ -350,7 +433,10 @@ def _sample(spec: LayerSpec, target: Any, work: Path, worker: _Worker, quota: bo
                       ms=round(max(ms - _own_ms(spec, base_kernels), 1e-6), 6), runs=int(answer["runs"]), key=spec.key,
                       kernels={**kernels, **{f"without add: {k}": v for k, v in base_kernels.items()}})
     in_bytes = sum(graph.tensors[i].nbytes for i in dict.fromkeys(main.inputs))
-    return Sample(op=main.op, attrs=dict(main.attrs), macs=main.macs, in_bytes=in_bytes, out_bytes=main.output_bytes,
+    attrs = {**main.attrs, "out_shape": list(main.outputs[0].shape)}
+    if spec.boundary or (spec.kind in LAYOUT_SENSITIVE and not spec.wrapped):
+        attrs["boundary"] = True
+    return Sample(op=main.op, attrs=attrs, macs=main.macs, in_bytes=in_bytes, out_bytes=main.output_bytes,
                   param_bytes=main.param_bytes, ms=round(ms, 6), runs=int(answer["runs"]), key=spec.key,
                   wall_ms=round(float(answer["wall_ms"]), 6), kernels=kernels)
 
@@ -364,13 +450,17 @@ def measure_profile(
     threads: int | None = None,
     layers: Sequence[LayerSpec] | None = None,
     progress: Progress | None = None,
+    rpc: RPCSpec | None = None,
 ) -> Profile:
     """Measure ``layers`` (default ``reference_layers()``) for ``target`` into the profile file ``out``.
 
     Resumes ``out`` when it holds a profile of the same target, quota and
     threads (refuses another profile there).  Returns the profile written,
-    fitted.  Raises ``ProfileError`` for targets this machine cannot measure,
-    a quota without root, or when no layer could be measured.
+    fitted.  ``rpc``: time on that tracker's runner (``RemoteWorker``) instead
+    of here; it takes no ``cpu_quota`` or ``threads`` (the runner's runtime
+    sets its threads).  Raises ``ProfileError`` for targets this machine cannot
+    measure without ``rpc``, a quota without root, an unreachable tracker or
+    one without a runner for the key, or when no layer could be measured.
     """
     from cogent_compiler.backends import resolve_target
     from cogent_compiler.backends.tvm_backend import tvm_target_for
@@ -380,13 +470,25 @@ def measure_profile(
     say = progress or (lambda msg: log.info("%s", msg))
     t0 = time.monotonic()
     spec = resolve_target(target)
-    if spec.kind != "llvm":
-        raise ProfileError(f"cogentc profile --target {target}: measuring {spec.label} needs --rpc (a TVM RPC runner on that device), "
-                           "which is not implemented yet; only llvm (this CPU) can be profiled")
+    if spec.kind != "llvm" and rpc is None:
+        raise ProfileError(f"cogentc profile --target {target}: measuring {spec.label} needs --rpc HOST:PORT:KEY (a TVM RPC tracker "
+                           "and the key of a runner on that device); without it only llvm (this CPU) can be profiled")
+    if rpc is not None and (cpu_quota is not None or threads is not None):
+        flag = "--cpu-quota" if cpu_quota is not None else "--threads"
+        raise ProfileError(f"{flag} with --rpc: the remote runner times with its own CPU and threads (start its rpc_server with "
+                           f"TVM_NUM_THREADS=N); drop {flag}, or drop --rpc to measure this machine")
     if cpu_quota is not None and not 0.001 <= cpu_quota <= (os.cpu_count() or 1):
         raise ProfileError(f"--cpu-quota {cpu_quota}: give a fraction of one core such as 0.1")
     if budget_s <= 0:
         raise ProfileError(f"--budget {budget_s}s: give a positive time such as 10m")
+    remote: RemoteWorker | None = None
+    remote_info: dict[str, Any] | None = None
+    if rpc is not None:
+        from cogent_compiler.cost.remote_worker import RemoteWorker
+
+        remote = RemoteWorker(rpc, spec.device)
+        remote_info = remote.info()
+        threads = int(remote_info.get("threads") or 1)
     threads = runtime_threads() if threads is None else threads
     if threads < 1:
         raise ProfileError(f"--threads {threads}: give at least 1")
@@ -396,7 +498,8 @@ def measure_profile(
     profile: Profile | None = None
     if out.exists():
         old = load_profile(out)
-        same = (target_kind(old.target) == spec.kind and old.cpu_quota == cpu_quota and old.threads == threads)
+        same = (target_kind(old.target) == spec.kind and old.cpu_quota == cpu_quota and old.threads == threads
+                and (old.machine.get("rpc") or {}).get("key") == (rpc.key if rpc else None))
         if not same:
             raise ProfileError(f"{out}: holds a profile of target {old.target} (quota {old.cpu_quota}, threads {old.threads}), "
                                f"not {spec.label} (quota {cpu_quota}, threads {threads}); give another -o or delete it")
@@ -404,11 +507,11 @@ def measure_profile(
         say(f"resuming {out}: {len(old.samples)} samples kept")
     tvm_target = tvm_target_for(spec)
     if profile is None:
-        profile = _new_profile(spec.label, tvm_target, threads, cpu_quota)
+        profile = _new_profile(spec.label, tvm_target, threads, cpu_quota, remote_info)
     todo = [s for s in layers if s.key not in profile.keys]
-    say(f"{len(todo)} of {len(layers)} reference layers to measure on {spec.label} "
+    say(f"{len(todo)} of {len(layers)} reference layers to measure on {spec.label}{f' through {rpc.host}:{rpc.port}:{rpc.key}' if rpc else ''} "
         f"({threads} thread{'s' if threads > 1 else ''}{f', CPU quota {cpu_quota}' if cpu_quota is not None else ''}; budget {budget_s:.0f}s)")
-    worker = _Worker(threads, cpu_quota)
+    worker = remote or _Worker(threads, cpu_quota)
     measured = failed = 0
     try:
         with tempfile.TemporaryDirectory(prefix="cogent-profile-") as tmp:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ TINY_LAYERS = [
     LayerSpec("conv2d", 16, 16, 14, 3), LayerSpec("conv2d", 32, 32, 14, 3), LayerSpec("conv2d", 64, 64, 14, 3),
     LayerSpec("conv2d", 3, 8, 16, 3), LayerSpec("conv2d", 8, 8, 16, 3, 1, 2),
     LayerSpec("relu", 8, 0, 16), LayerSpec("relu", 64, 0, 14), LayerSpec("add", 8, 0, 16), LayerSpec("add", 64, 0, 14),
-    LayerSpec("max_pool2d", 8, 0, 16, 2, 2), LayerSpec("adaptive_avg_pool2d", 8, 0, 8), LayerSpec("linear", 8, 10),
+    LayerSpec("max_pool2d", 8, 0, 16, 2, 2), LayerSpec("max_pool2d", 8, 0, 16, 2, 2, boundary=True),
+    LayerSpec("adaptive_avg_pool2d", 8, 0, 8), LayerSpec("linear", 8, 10),
 ]
 
 
@@ -85,11 +87,63 @@ def test_fit_recovers_known_coefficients_and_predicts_unmeasured_channels():
     assert fit.ms_per_mac == pytest.approx(2e-8, rel=1e-6)
     assert fit.ms_per_byte == pytest.approx(1e-9, rel=1e-4)
     assert fit.ms_fixed == pytest.approx(0.01, rel=1e-4)
-    assert set(p.fits) == {"conv2d", "conv2d:k3x3"}
+    assert set(p.fits) == {"conv2d", "conv2d:k3x3", "layout_transform:in", "layout_transform:out"}
     assert p.kernel_overhead_ms == pytest.approx(0.001 / 3, rel=1e-3)
     c = 48
     macs, nbytes = c * c * 9 * 196, c * 196 * 8 + (c * c * 9 + c) * 4
     assert fit.predict(macs, nbytes) == pytest.approx(2e-8 * macs + 1e-9 * nbytes + 0.01, rel=1e-4)
+
+
+def test_neighbours_correct_the_fit_towards_measured_shapes():
+    """A shape measured off the linear trend (tiling) is predicted as measured; one beside it, near it; far ones keep the fit."""
+    base = _synthetic()
+    odd = base.samples[2]  # 32 channels, measured 2x what the trend says
+    p = fit_profile(base.with_samples(tuple(replace(s, ms=s.ms * 2) if s is odd else s for s in base.samples)))
+    model = ProfileComputeModel("device", p)
+    fit = model.fit_for("conv2d", odd.attrs)
+
+    def predict(c: int, exclude: str = "") -> tuple[float, float]:
+        macs, in_b, out_b, par_b = c * c * 9 * 196, c * 196 * 4, c * 196 * 4, (c * c * 9 + c) * 4
+        attrs = {"kernel": [3, 3], "groups": 1, "in_channels": c, "out_channels": c}
+        return model.kernel_ms("conv2d", attrs, macs, in_b, out_b, par_b, exclude=exclude), fit.predict(macs, in_b + out_b + par_b)
+
+    got, trend = predict(32)
+    assert got == pytest.approx(odd.ms * 2, rel=0.02) and got > 1.3 * trend  # the fit alone, pulled up by it, still misses it
+    beside, trend36 = predict(36)  # never measured: pulled up by the 32-channel sample, less than all the way
+    assert trend36 * 1.1 < beside < trend36 * got / trend
+    left_out, _ = predict(32, exclude=odd.key)  # leave-one-out: only the other samples speak
+    assert left_out < 0.8 * got
+    rows = {s.key: pred for s, pred in model.leave_one_out()}
+    assert set(rows) == {s.key for s in p.samples} and rows[odd.key] == pytest.approx(left_out)
+
+
+def test_a_half_pays_for_its_layout_changes_and_pools_at_its_input_use_their_own_fit():
+    from cogent_compiler.ir import Node, TensorInfo
+
+    base = _synthetic()
+    pools = [Sample("max_pool2d", {"out_shape": [1, c, 7, 7]}, 0, c * 196 * 4, c * 49 * 4, 0, 0.001 * c, 10, key=f"pool {c}") for c in (8, 16, 32)]
+    at_input = [replace(s, attrs={**s.attrs, "boundary": True}, ms=s.ms * 10, key=s.key + " at input") for s in pools]
+    p = fit_profile(base.with_samples((*base.samples, *pools, *at_input)))
+    assert {"max_pool2d", "max_pool2d:boundary", "layout_transform:in", "layout_transform:out"} <= set(p.fits)
+    assert p.fits["max_pool2d"]["samples"] == 3  # the boundary samples stay out of the op's own fit
+    model = ProfileComputeModel("device", p)
+    x, y, z = TensorInfo("x", (1, 16, 14, 14), "float32"), TensorInfo("y", (1, 16, 14, 14), "float32"), TensorInfo("z", (1, 16, 7, 7), "float32")
+    conv = Node("conv", "conv2d", "aten.conv2d.default", ("x",), (y,), macs=16 * 16 * 9 * 196, param_bytes=(16 * 16 * 9 + 16) * 4,
+                attrs={"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1], "groups": 1, "in_channels": 16, "out_channels": 16})
+    window = {"kernel": [2, 2], "stride": [2, 2], "padding": [0, 0]}
+    pool_after = Node("pool", "max_pool2d", "aten.max_pool2d.default", ("y",), (z,), attrs=window)
+    pool_first = Node("pool", "max_pool2d", "aten.max_pool2d.default", ("x",), (z,), attrs=window)
+    tensors = {"x": x, "y": y}
+    # a pool after the conv is predicted from the NHWC samples; the same pool reading the half's input from the boundary ones
+    assert model.node_ms(pool_first, tensors, at_input=True) == pytest.approx(10 * model.node_ms(pool_after, tensors), rel=0.05)
+    assert model.nodes_ms([pool_first]) == pytest.approx(model.node_ms(pool_first, tensors, at_input=True))  # no conv: no layout change
+    head = model.nodes_ms([conv, pool_after])
+    kernels = model.node_ms(conv, tensors) + model.node_ms(pool_after, tensors)
+    layout = model.layout_ms([conv, pool_after])
+    # into NHWC before the conv (x) and back after the pool (z, read by nothing in the half)
+    fin, fout = p.fits["layout_transform:in"], p.fits["layout_transform:out"]
+    expect = (fin["ms_per_byte"] * x.nbytes + fin["ms_fixed"]) + (fout["ms_per_byte"] * z.nbytes + fout["ms_fixed"]) + 2 * p.kernel_overhead_ms
+    assert layout == pytest.approx(expect, rel=1e-6) and head == pytest.approx(kernels + layout, rel=1e-6)
 
 
 def test_a_fused_residual_add_has_its_own_fit_apart_from_the_standalone_add():
@@ -142,6 +196,11 @@ def test_a_measured_profile_predicts_an_unmeasured_channel_count(measured, tmp_p
     profile = load_profile(measured, expect_target="llvm")
     assert len(profile.samples) == len(TINY_LAYERS)
     assert profile.machine["threads"] >= 1 and profile.machine["cpu_quota"] is None and profile.tvm
+    # a pool runs between convolutions (NHWC): only its own kernel is its time; at a half's input (NCHW) it is another sample
+    pool = next(s for s in profile.samples if s.key == "max_pool2d k2 s2 8 @16")
+    assert any("conv2d" in k for k in pool.kernels) and pool.ms == pytest.approx(pool.kernels["max_pool2d"])
+    at_input = next(s for s in profile.samples if s.key == "max_pool2d k2 s2 8 @16 at input")
+    assert at_input.attrs["boundary"] and not any("conv2d" in k for k in at_input.kernels) and "max_pool2d:boundary" in profile.fits
     conv = next(s for s in profile.samples if s.key == "conv2d k3 s1 g1 64->64 @14")
     assert conv.macs == 64 * 64 * 9 * 14 * 14 and conv.ms > 0 and conv.runs >= 7
     assert "fused_conv2d_add_relu" in conv.kernels and conv.wall_ms >= conv.ms
@@ -189,7 +248,7 @@ def test_cli_profile_on_a_small_budget_resumes(tmp_path, capsys):
 
 def test_cli_profile_refuses_what_it_cannot_measure(capsys, tmp_path):
     for extra, needle in ((["--target", "arm"], "needs --rpc"), (["--target", "cuda"], "needs --rpc"),
-                          (["--rpc", "board:9190"], "not implemented yet"), (["--only", "softmax"], "softmax")):
+                          (["--rpc", "board:9190"], "HOST:PORT:KEY"), (["--only", "softmax"], "softmax")):
         assert main(["profile", "-o", str(tmp_path / "x.json"), "-q", *extra]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("cogentc: error:") and needle in err and len(err.splitlines()) == 1
