@@ -2,7 +2,7 @@
 
     cogentc MODEL --target arm,cuda -o out/      compile into a device+edge bundle
     cogentc inspect MODEL                        print the IR with costs
-    cogentc plan MODEL --bandwidth 20mbit        print the candidate cuts and the choice
+    cogentc plan MODEL --bandwidth 20mbit        print the candidate cuts and the choice (--report DIR: as HTML and PNG too)
     cogentc tunedb show|export|merge             the tuning databases (``--tune-budget`` fills them)
     cogentc profile --target llvm -o dev.json    measure this machine into a profile (``--device-profile``)
     cogentc profile --peer HOST:PORT -o link.json  measure the link to an edge (``--link-profile``)
@@ -123,6 +123,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p = argparse.ArgumentParser(prog="cogentc plan", description="Score every single-tensor cut with the latency model and print them beside device-only and edge-only.")
         _add_model_args(p)
         _add_plan_args(p)
+        p.add_argument("--report", metavar="DIR", help="also write DIR/report.html and DIR/plan.png: the predicted latency per plan as a "
+                       "stacked bar chart and a table, with the conditions (a compile writes them into its bundle)")
         return p
     p = argparse.ArgumentParser(
         prog="cogentc",
@@ -225,22 +227,22 @@ def _cmd_inspect(args: argparse.Namespace, say: _Progress) -> int:
 
 def _cmd_plan(args: argparse.Namespace, say: _Progress) -> int:
     from cogent_compiler.backends import resolve_target
-    from cogent_compiler.driver import choose_plan, describe_link, latency_model_for
+    from cogent_compiler.driver import choose_plan, describe_link, latency_model_for, plan_conditions
     from cogent_compiler.passes import FoldBatchNorm
+    from cogent_compiler.report import format_plan_table, write_report
 
     options = _options(args)
     graph = FoldBatchNorm()(_load(args, say))
-    model = latency_model_for(resolve_target(options.device_target), resolve_target(options.edge_target), options)
+    device_t, edge_t = resolve_target(options.device_target), resolve_target(options.edge_target)
+    model = latency_model_for(device_t, edge_t, options)
     report = choose_plan(graph, model, options.planner, options.cut)
+    if args.report:
+        path = write_report(report, args.report, model_name=graph.name, conditions=plan_conditions(device_t, edge_t, options))
+        say("report", f"wrote {path} and {path.with_name('plan.png')}")
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return 0
-    rows = [*report.baselines.values(), *report.candidates]
-    print(f"{'plan':<36} {'device ms':>10} {'transfer ms':>12} {'edge ms':>10} {'total ms':>10}")
-    for p in rows:
-        mark = "  <- chosen" if p.cut == report.chosen.cut else ""
-        lat = p.predicted
-        print(f"{p.name[:36]:<36} {lat.device_ms:>10.2f} {lat.transfer_ms:>12.2f} {lat.edge_ms:>10.2f} {lat.total_ms:>10.2f}{mark}")
+    print(format_plan_table(report))
     sp = ", ".join(f"{k} {v:.2f}x" for k, v in report.speedups().items())
     print(f"predicted speedup of the chosen plan: {sp} (latency model: device {_source(model.device.source)}, edge {_source(model.edge.source)})")
     print(f"link: {describe_link(model)}")

@@ -25,7 +25,8 @@ from cogent_compiler.passes import FoldBatchNorm, PassManager, partition_at, spl
 from cogent_compiler.policy import Plan, PlanReport, baseline_plans, plan_min_cut, plan_single_cut
 from cogent_compiler.runtime.manifest import Manifest
 
-__all__ = ["CompileOptions", "CompileResult", "check_output_folder", "choose_plan", "compile", "describe_link", "latency_model_for", "link_settings", "PLANNERS"]
+__all__ = ["CompileOptions", "CompileResult", "check_output_folder", "choose_plan", "compile", "describe_link", "latency_model_for", "link_settings",
+           "plan_conditions", "PLANNERS"]
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,12 @@ def describe_link(model: LatencyModel) -> str:
             f"per message {link.per_message_s * 1e3:g} ms, edge load {model.edge_load:g}x ({link.source})")
 
 
+def plan_conditions(device: TargetSpec, edge: TargetSpec, options: CompileOptions) -> dict[str, str]:
+    """What the plan report shows beside the latency model's figures: the targets and how the plan was chosen."""
+    planner = f"forced cut --cut {','.join(options.cut)}" if options.cut else options.planner
+    return {"device target": device.label, "edge target": edge.label, "planner": planner}
+
+
 def choose_plan(graph: Graph, model: LatencyModel, planner: str, cut: tuple[str, ...] = ()) -> PlanReport:
     """Run ``planner``; a non-empty ``cut`` overrides it with that cut (scored the same way)."""
     if not cut and planner == "single-cut":
@@ -238,6 +245,7 @@ def compile(
     """
     from cogent_compiler.backends.select import backend_candidates, choose_backend
     from cogent_compiler.bundle import write_compose, write_half
+    from cogent_compiler.report import write_report
 
     options = options or CompileOptions()
     candidates = backend_candidates(options.backend)
@@ -316,6 +324,7 @@ def compile(
         write_compose(staging, model=graph.name, edge_device=edge_t.device, base_image=options.base_image)
         plan_doc = {**report.to_json(), "build": {"source": dict(source or {}), "options": dataclasses.asdict(options), "backends": backends}}
         (staging / "plan.json").write_text(json.dumps(plan_doc, indent=2) + "\n")
+        write_report(report, staging, model_name=graph.name, conditions=plan_conditions(device_t, edge_t, options))
         timings["bundle"] = time.perf_counter() - t
         if out.exists():
             shutil.rmtree(out)
@@ -323,5 +332,5 @@ def compile(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    say("bundle", f"wrote {out}/device, {out}/edge, compose.yaml, plan.json")
+    say("bundle", f"wrote {out}/device, {out}/edge, compose.yaml, plan.json, report.html, plan.png")
     return CompileResult(out, graph, report, device_m, edge_m, timings, backends)
