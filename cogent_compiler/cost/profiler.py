@@ -392,8 +392,9 @@ def _run_layer(spec: LayerSpec, target: Any, work: Path, worker: _Worker | Remot
     # a fresh folder per layer: the worker's loader would hand back a library already loaded from the same path
     folder = Path(tempfile.mkdtemp(prefix="layer-", dir=work))
     compile_program(loaded.program, "torch", target, folder, name=spec.key, kernel_info=getattr(worker, "kernel_info", False))
-    # a quota period is 10 ms: a batch of 10 periods averages over the throttling
-    answer = worker.time(folder, [tuple(x.shape) for x in inputs], 0.1 if quota else 0.01, 5 if quota else 7)
+    # batches of 10 ms of CPU time (profile_worker.time_call): about 100 ms under a 10 % quota, ten
+    # quota periods, which averages over the throttling
+    answer = worker.time(folder, [tuple(x.shape) for x in inputs], 0.01, 5 if quota else 7)
     shutil.rmtree(folder, ignore_errors=True)
     if "error" in answer:
         raise _LayerFailed(f"timing failed: {answer['error']}")
