@@ -15,7 +15,10 @@
   same way.
 
 ``torch_model`` also takes any other torchvision classification model name
-(``benchmarks/backends.py`` measures resnet50 too).  ``benchmark_graph`` gives
+(``benchmarks/backends.py`` measures resnet50 too); ``inception_v3`` is built
+without its auxiliary head and with PyTorch's default initialisation (its own
+makes the logits explode), and needs inputs of at least 75x75 (299x299 as
+trained).  ``benchmark_graph`` gives
 the model the way the benchmarks compile it: exported, traced to Cogent's IR
 and batch norm folded; ``graph.source`` is the ``ExportedProgram`` that
 ``compile_program(graph.source, "torch", ...)`` takes.
@@ -50,7 +53,11 @@ _WEIGHT_SEED = 0
 _INPUT_SEED = 1
 _BN_STATS_SEED = 3
 #: constructor options beyond ``weights=None``
-_OPTIONS: dict[str, dict[str, Any]] = {"googlenet": {"aux_logits": False, "init_weights": True}}
+_OPTIONS: dict[str, dict[str, Any]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    # torchvision's own initialisation (truncated normal, std 0.1) makes inception_v3's logits ~1e13
+    "inception_v3": {"aux_logits": False, "init_weights": False},
+}
 _PRUNED = re.compile(r"(?P<base>\w+?)_pruned(?P<percent>\d{1,2})")
 
 

@@ -5,7 +5,9 @@ cut's tensors; the *tail* is every other node the model's outputs need.  A cut
 is valid when the tail can run from the cut's tensors alone: every value a
 tail node reads that the head produces (or that is a model input) is in the
 cut.  The cut may contain model inputs (they are sent raw; an empty head is
-edge-only) and model outputs (a tail with nothing left to do is device-only).
+edge-only) and model outputs (the head computes and returns them; a tail with
+nothing left to do is device-only).  Several tensors may cross: every
+topological prefix of the nodes gives such a cut (``frontier_cut``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from cogent_compiler.errors import IllegalPlanError
 from cogent_compiler.ir import Graph, Node, TensorInfo
 
-__all__ = ["Partition", "partition_at", "single_tensor_cuts"]
+__all__ = ["Partition", "frontier_cut", "frontier_cuts", "partition_at", "single_tensor_cuts"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,9 @@ class Partition:
     """The two halves a cut makes, as names of the graph's nodes and tensors.
 
     ``sent`` are the cut's tensors in a stable order (the graph's topological
-    order, inputs first): what the device sends and the tail reads.
+    order, inputs first): what the device sends and the tail reads.  A model
+    output in the cut that no tail node reads is not sent: the head computes
+    and returns it.
     ``head_outputs`` are what the head returns: the sent tensors it produces,
     then model outputs it produces that are not sent.  ``tail_outputs`` are the
     model outputs the tail produces.
@@ -100,7 +104,10 @@ def partition_at(graph: Graph, cut: Iterable[str]) -> Partition:
                     f"does not send; add {i!r} to the cut"
                 )
     pos = _order(graph)
-    sent = tuple(sorted(cut_set, key=pos.__getitem__))
+    # a model output in the cut is the head's to return; it crosses only if the tail reads it
+    tail_reads = {i for n in tail for i in n.inputs}
+    outputs = set(graph.outputs)
+    sent = tuple(sorted((t for t in cut_set if t not in outputs or t in tail_reads), key=pos.__getitem__))
     head_set = set(head)
     head_outputs = [t for t in sent if graph.producers[t] is not None and graph.producers[t].name in head_set]  # type: ignore[union-attr]
     for o in graph.outputs:
@@ -159,4 +166,46 @@ def single_tensor_cuts(graph: Graph) -> tuple[str, ...]:
             ok = False
         if ok:
             cuts.append(name)
+    return tuple(cuts)
+
+
+def frontier_cut(graph: Graph, position: int) -> tuple[str, ...]:
+    """The cut between the first ``position`` nodes (topological order) and the rest.
+
+    Every prefix of the node order is a valid cut: the tensors it sends are the
+    values live at that point -- model inputs and tensors the prefix produces
+    that some later node reads -- so a frontier crosses every long skip that
+    spans it.  Model outputs the prefix produces are in the cut too: the head
+    computes and returns them (they are sent only if a later node reads them).
+    ``position`` 0 is edge-only (the model inputs the nodes read), ``len(nodes)``
+    device-only (the model outputs).  The result is in topological order,
+    inputs first.  Raises ``IllegalPlanError`` for a position outside
+    ``0..len(graph.nodes)``.
+    """
+    if not 0 <= position <= len(graph.nodes):
+        raise IllegalPlanError(
+            f"{graph.name}: frontier position {position} is outside 0..{len(graph.nodes)} (the number of nodes)"
+        )
+    done = {t.name for t in graph.inputs}
+    for n in graph.nodes[:position]:
+        done.update(t.name for t in n.outputs)
+    later = {i for n in graph.nodes[position:] for i in n.inputs}
+    outputs = set(graph.outputs)
+    return tuple(t for t in graph.tensors if t in done and (t in later or t in outputs))
+
+
+def frontier_cuts(graph: Graph, every: int = 1) -> tuple[tuple[str, ...], ...]:
+    """The distinct ``frontier_cut``s at positions ``0, every, 2*every, ...`` and ``len(nodes)``.
+
+    A cut equal to the previous one is left out, so the result runs from
+    edge-only to device-only without repeats.  ``every`` must be positive.
+    """
+    if every < 1:
+        raise IllegalPlanError(f"{graph.name}: frontier step must be a positive number of nodes, got {every}")
+    positions = [*range(0, len(graph.nodes), every), len(graph.nodes)]
+    cuts: list[tuple[str, ...]] = []
+    for p in positions:
+        cut = frontier_cut(graph, p)
+        if not cuts or cuts[-1] != cut:
+            cuts.append(cut)
     return tuple(cuts)

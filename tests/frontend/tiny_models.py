@@ -7,9 +7,10 @@ prepend it), so that ``tiny_models:tiny_cnn`` works as a factory spec.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NOT_CALLABLE", "TinyCNN", "broken_factory", "not_a_module", "tiny_cnn"]
+__all__ = ["NOT_CALLABLE", "SkipUNet", "TinyCNN", "broken_factory", "not_a_module", "skip_unet", "tiny_cnn"]
 
 #: A module attribute that is not callable, for the bad-factory tests.
 NOT_CALLABLE = 42
@@ -33,6 +34,42 @@ class TinyCNN(nn.Module):
         y = y + self.conv_b(torch.relu(self.conv_a(y)))
         y = self.gap(self.pool(y))
         return self.fc(torch.flatten(y, 1))
+
+
+class SkipUNet(nn.Module):
+    """A two-level U-Net with long skips and two outputs, for splitting at cuts where many tensors cross.
+
+    The encoder's features skip to the decoder (``cat``) and the input itself
+    is added to the last layer, so a cut in the decoder sends the model input
+    and encoder tensors beside the decoder's own.  A classifier on the
+    bottleneck is a second output: a cut after it leaves that output to the
+    head.  Returns ``(image, logits)``.
+    """
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.enc1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.enc2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.bottleneck = nn.Conv2d(16, 32, 3, padding=1)
+        self.classifier = nn.Linear(32, classes)
+        self.dec2 = nn.Conv2d(32 + 16, 16, 3, padding=1)
+        self.dec1 = nn.Conv2d(16 + 8, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e1 = torch.relu(self.enc1(x))
+        e2 = torch.relu(self.enc2(F.max_pool2d(e1, 2)))
+        b = torch.relu(self.bottleneck(F.max_pool2d(e2, 2)))
+        logits = self.classifier(torch.flatten(F.adaptive_avg_pool2d(b, 1), 1))
+        d2 = torch.relu(self.dec2(torch.cat([F.interpolate(b, scale_factor=2.0), e2], 1)))
+        d1 = torch.relu(self.dec1(torch.cat([F.interpolate(d2, scale_factor=2.0), e1], 1)))
+        return self.head(d1) + x, logits
+
+
+def skip_unet() -> nn.Module:
+    """``SkipUNet`` with seeded weights, in eval mode."""
+    torch.manual_seed(0)
+    return SkipUNet().eval()
 
 
 def tiny_cnn() -> nn.Module:

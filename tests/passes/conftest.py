@@ -1,0 +1,10 @@
+"""Fixtures and helpers of the split tests (``split_support`` is importable from here)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
