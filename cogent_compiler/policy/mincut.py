@@ -78,6 +78,11 @@ def min_cut_tensors(graph: Graph, model: LatencyModel) -> tuple[str, ...]:
         src = producer.name if producer is not None else f"op:{name}"
         if src in device_side and any(c.name not in device_side for c in graph.consumers[name]):
             sent.append(name)
+    if sent:  # model outputs computed on the device belong to the cut too: the head returns them
+        for o in graph.outputs:
+            producer = graph.producers[o]
+            if o not in sent and (producer is None or producer.name in device_side):
+                sent.append(o)
     return tuple(sent)
 
 

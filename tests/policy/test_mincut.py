@@ -127,3 +127,31 @@ def test_min_cut_is_exact_with_float_times_on_a_real_network():
         got = model.estimate(partition_at(graph, cut or graph.outputs)).total_ms
         # the flow network sums per-op times exactly as this estimate does
         assert got <= min(device_only, best_single) * (1 + 1e-6), (bw, scale, seed, cut)
+
+
+def test_an_output_the_device_computes_is_returned_by_the_head():
+    """A model output the min cut leaves on the device must be in the cut, or the tail would have to compute it."""
+    from torch import nn
+
+    from cogent_compiler.frontend import from_module, trace
+
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 3, padding=1)  # b: a small tensor to send
+            self.heavy = nn.Sequential(nn.Conv2d(2, 256, 3, padding=1), nn.Conv2d(256, 256, 3, padding=1))  # worth the edge
+            self.fc = nn.Linear(256 * 16 * 16, 10)
+
+        def forward(self, x):
+            a = self.a(x)
+            return torch.relu(a), self.fc(torch.flatten(self.heavy(self.b(a)), 1))
+
+    graph = trace(from_module(TwoHeads().eval(), (torch.randn(1, 3, 16, 16),), name="two_heads"))
+    model = LatencyModel(ComputeModel("device", 1.0), ComputeModel("edge", 1000.0), Link(10e6, 0.0))
+    report = plan_min_cut(graph, model)  # raised PlanError: the tail would have read a tensor it was not sent
+    cut = mc_tensors(graph, model)
+    relu_out = graph.outputs[0]
+    assert cut and relu_out in cut
+    part = partition_at(graph, cut)
+    assert relu_out in part.head_outputs and relu_out not in part.sent
+    assert report.chosen.predicted.total_ms <= report.baselines["device_only"].predicted.total_ms
