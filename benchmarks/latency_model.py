@@ -1,0 +1,162 @@
+"""How close the measured-profile latency model comes: predicted vs measured head and tail latency.
+
+For each model, three single-tensor cuts (the ones nearest a quarter, half and
+three quarters of the model's MACs) split it; each half is compiled exactly as
+a bundle compiles it (``compile_program``: the TVM pipeline, rule-based
+schedules) and timed as a whole call by the profiler's timing worker, on this
+machine at full speed and under a CPU quota (a cgroup, as ``cogentc profile
+--cpu-quota`` and the testbed's device use).  The prediction is
+``ProfileComputeModel.nodes_ms`` of the half's nodes, from a profile measured
+by ``cogentc profile`` under the same condition (the benchmark measures the
+profiles first, into ``--profile-dir``, resumably).  A profile never sees the
+benchmark's models: its reference layers are a fixed grid of shapes.
+
+Writes ``benchmarks/results/latency_model.json``: ``cases`` (model, cut,
+half, target, quota, predicted_ms, measured_ms, rel_error), their
+``median_rel_error`` and ``max_rel_error`` (also per quota), the profiles'
+leave-one-out error on their own samples, and ``machine``.
+
+    python benchmarks/latency_model.py                      # 6 models x 3 cuts, full speed and quota 0.1
+    python benchmarks/latency_model.py --models resnet18 --quotas none --profile-budget 5m   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+#: Six torchvision models whose every op a profile measures; four have branches
+#: (residual adds: resnets, mobilenet_v2, mnasnet; concatenations: googlenet, squeezenet).
+MODELS = ("resnet18", "resnet50", "mobilenet_v2", "googlenet", "squeezenet1_1", "mnasnet1_0")
+CUT_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+def _parse_quota(text: str) -> float | None:
+    return None if text.lower() in ("none", "full", "1", "1.0") else float(text)
+
+
+def cuts_of(graph: Any, fractions: tuple[float, ...] = CUT_FRACTIONS) -> list[str]:
+    """The single-tensor cuts whose head holds the MACs fraction nearest each of ``fractions`` (distinct, in order)."""
+    from cogent_compiler.passes import partition_at, single_tensor_cuts
+
+    total = graph.total_macs
+    inner = [c for c in single_tensor_cuts(graph) if c not in {t.name for t in graph.inputs} | set(graph.outputs)]
+    share = {c: partition_at(graph, [c]).head_macs / total for c in inner}
+    chosen: list[str] = []
+    for f in fractions:
+        best = min((c for c in inner if c not in chosen), key=lambda c: abs(share[c] - f))
+        chosen.append(best)
+    return sorted(chosen, key=lambda c: share[c])
+
+
+def measure_halves(graph: Any, cut: str, worker: Any, work: Path, quota: bool) -> dict[str, float]:
+    """Compile the head and tail of ``graph`` cut at ``cut`` and time each whole call: {"head": ms, "tail": ms}."""
+    from cogent_compiler.backends import resolve_target
+    from cogent_compiler.backends.tvm_backend import compile_program
+    from cogent_compiler.passes import partition_at, split_program
+
+    part = partition_at(graph, [cut])
+    split = split_program(part)
+    out = {}
+    for half, program, inputs in (("head", split.head, split.model_inputs), ("tail", split.tail, split.sent)):
+        folder = Path(tempfile.mkdtemp(prefix=f"{half}-", dir=work))
+        compile_program(program, split.kind, resolve_target("llvm"), folder, name=f"{graph.name}-{half}")
+        answer = worker.time(folder, [t.shape for t in inputs], 0.02 if quota else 0.05, 7, kernels=False)  # see profiler._run_layer
+        if "error" in answer:
+            raise RuntimeError(f"{graph.name} {half} at {cut}: {answer['error']}")
+        out[half] = float(answer["wall_ms"])
+    return out
+
+
+def loo_error(model: Any) -> dict[str, float]:
+    rel = [abs(p - s.ms) / s.ms for s, p in model.leave_one_out()]
+    return {"median": round(statistics.median(rel), 4), "p90": round(sorted(rel)[int(0.9 * (len(rel) - 1))], 4), "samples": len(rel)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--quotas", default="none,0.1", help="comma-separated CPU quotas; none = full speed (default none,0.1)")
+    ap.add_argument("--threads", type=int, default=1, help="TVM runtime threads for profiles and halves (default 1: a one-core device)")
+    ap.add_argument("--profile-dir", default=str(Path.home() / ".cache/cogent/bench-profiles"),
+                    help="where the profiles are measured (and resumed from)")
+    ap.add_argument("--profile-budget", default="25m", help="budget of each profile's measuring (default 25m; resumable)")
+    ap.add_argument("-o", "--output", default=str(ROOT / "benchmarks/results/latency_model.json"))
+    args = ap.parse_args(argv)
+
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    from benchmarks.common import machine
+    from benchmarks.models import benchmark_graph
+    from cogent_compiler.cost import ProfileComputeModel
+    from cogent_compiler.cost.profiler import _Worker, measure_profile
+    from cogent_compiler.cost.units import parse_duration
+    from cogent_compiler.passes import partition_at
+
+    quotas = [_parse_quota(q) for q in args.quotas.split(",")]
+    models = args.models.split(",")
+    budget = parse_duration(args.profile_budget)
+    started = time.time()
+    result: dict[str, Any] = {
+        "benchmark": "latency_model", "machine": machine(), "threads": args.threads, "models": models,
+        "cut_fractions": list(CUT_FRACTIONS), "profiles": {}, "cases": [],
+        "command": "python benchmarks/latency_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    graphs = {m: benchmark_graph(m) for m in models}
+    for quota in quotas:
+        tag = "full" if quota is None else f"quota{quota:g}"
+        path = Path(args.profile_dir) / f"llvm-t{args.threads}-{tag}.json"
+        t0 = time.time()
+        measure_profile("llvm", path, budget_s=budget, cpu_quota=quota, threads=args.threads,
+                        progress=lambda msg: print(f"[profile {tag}] {msg}", file=sys.stderr, flush=True))
+        model = ProfileComputeModel.from_file("device", path, expect_target="llvm")
+        result["profiles"][tag] = {"path": str(path), "samples": len(model.profile.samples), "measure_s": round(time.time() - t0, 1),
+                                   "leave_one_out_rel_error": loo_error(model)}
+        worker = _Worker(args.threads, quota)
+        try:
+            with tempfile.TemporaryDirectory(prefix="cogent-latbench-") as tmp:
+                for name, graph in graphs.items():
+                    for cut in cuts_of(graph):
+                        part = partition_at(graph, [cut])
+                        measured = measure_halves(graph, cut, worker, Path(tmp), quota is not None)
+                        for half, nodes in (("head", part.head_nodes), ("tail", part.tail_nodes)):
+                            predicted = model.nodes_ms(graph.node(n) for n in nodes)
+                            case = {"model": name, "cut": cut, "half": half, "target": "llvm", "quota": quota,
+                                    "head_macs_share": round(part.head_macs / graph.total_macs, 3), "nodes": len(nodes),
+                                    "predicted_ms": round(predicted, 4), "measured_ms": round(measured[half], 4),
+                                    "rel_error": round(abs(predicted - measured[half]) / measured[half], 4)}
+                            result["cases"].append(case)
+                            print(f"{tag:>9} {name:<14} {cut:<24} {half}: predicted {predicted:9.3f} ms, measured {measured[half]:9.3f} ms "
+                                  f"({predicted / measured[half]:.2f}x)", file=sys.stderr, flush=True)
+        finally:
+            worker.close()
+    errors = [c["rel_error"] for c in result["cases"]]
+    result["median_rel_error"] = round(statistics.median(errors), 4)
+    result["max_rel_error"] = round(max(errors), 4)
+    result["by_quota"] = {}
+    for quota in quotas:
+        e = [c["rel_error"] for c in result["cases"] if c["quota"] == quota]
+        r = [c["predicted_ms"] / c["measured_ms"] for c in result["cases"] if c["quota"] == quota]
+        result["by_quota"]["full" if quota is None else f"{quota:g}"] = {
+            "median_rel_error": round(statistics.median(e), 4), "max_rel_error": round(max(e), 4),
+            "geomean_predicted_over_measured": round(math.exp(statistics.fmean(math.log(x) for x in r)), 4)}
+    result["targets"] = {"median_rel_error": 0.10, "max_rel_error": 0.25}
+    result["wall_s"] = round(time.time() - started, 1)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: result[k] for k in ("median_rel_error", "max_rel_error", "by_quota", "profiles")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
