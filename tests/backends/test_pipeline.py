@@ -286,7 +286,7 @@ def test_database_records_win_and_the_rules_do_the_rest(tiny_model, tiny_program
 
 
 def test_the_untuned_baseline_takes_no_pipeline_options(tiny_program, tmp_path):
-    with pytest.raises(BackendError, match="takes no database or layout"):
+    with pytest.raises(BackendError, match="takes no database, layout or kernel_info"):
         compile_program(tiny_program, "torch", LLVM, tmp_path, cpu_schedules=False, layout="NHWC")
 
 
