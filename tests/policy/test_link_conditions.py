@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from cogent_compiler.cost import ComputeModel, LatencyModel, Link
 from cogent_compiler.errors import IllegalPlanError
 from cogent_compiler.passes import partition_at
 from cogent_compiler.policy import plan_min_cut, plan_single_cut
+from cut_support import all_valid_cuts
 
 
 def _model(edge_load: float = 1.0, up_mbps: float = 5.0, down_mbps: float | None = None, per_message_ms: float = 0.0) -> LatencyModel:
     link = Link(up_mbps * 1e6, 0.001, per_message_ms / 1e3, down_mbps * 1e6 if down_mbps else None)
     return LatencyModel(ComputeModel("device", 0.02, 5.0), ComputeModel("edge", 5.0, 5.0), link, edge_load=edge_load)
-
-
-def _all_valid_cuts(graph):
-    """Every ancestor-closed head set of ``graph``, as the set of tensors it must send (as in test_mincut)."""
-    names = [n.name for n in graph.nodes]
-    for r in range(len(names) + 1):
-        for head in itertools.combinations(names, r):
-            head = set(head)
-            if graph.ancestors([t.name for n in graph.nodes if n.name in head for t in n.outputs]) != head:
-                continue
-            produced = {t.name for t in graph.inputs} | {t.name for n in graph.nodes if n.name in head for t in n.outputs}
-            sent = {i for n in graph.nodes if n.name not in head for i in n.inputs if i in produced}
-            sent |= {o for o in graph.outputs if o in produced}
-            yield tuple(sorted(sent)) if head != set(names) else tuple(graph.outputs)
 
 
 @pytest.mark.parametrize("planner", [plan_single_cut, plan_min_cut])
@@ -55,7 +40,7 @@ def test_per_message_overhead_counts_once_per_offload(tiny_graph, planner):
 def test_min_cut_equals_brute_force_with_load_and_an_asymmetric_link(tiny_graph, edge_load, up, down, per_message):
     model = _model(edge_load, up, down, per_message)
     best = float("inf")
-    for cut in _all_valid_cuts(tiny_graph):
+    for cut in all_valid_cuts(tiny_graph):
         try:
             best = min(best, model.estimate(partition_at(tiny_graph, cut)).total_ms)
         except IllegalPlanError:

@@ -12,31 +12,18 @@ from cogent_compiler.errors import IllegalPlanError
 from cogent_compiler.passes import partition_at, single_tensor_cuts
 from cogent_compiler.policy import plan_min_cut, plan_single_cut
 from cogent_compiler.policy.mincut import min_cut_tensors as mc_tensors
+from cut_support import all_valid_cuts
 
 
 def _model(bw_mbps: float, device: float, edge: float, rtt_ms: float = 1.0) -> LatencyModel:
     return LatencyModel(ComputeModel("device", device, 5.0), ComputeModel("edge", edge, 5.0), Link(bw_mbps * 1e6, rtt_ms / 1e3))
 
 
-def _all_valid_cuts(graph):
-    """Every ancestor-closed head set of ``graph``, as the set of tensors it must send."""
-    names = [n.name for n in graph.nodes]
-    for r in range(len(names) + 1):
-        for head in itertools.combinations(names, r):
-            head = set(head)
-            if graph.ancestors([t.name for n in graph.nodes if n.name in head for t in n.outputs]) != head:
-                continue
-            produced = {t.name for t in graph.inputs} | {t.name for n in graph.nodes if n.name in head for t in n.outputs}
-            sent = {i for n in graph.nodes if n.name not in head for i in n.inputs if i in produced}
-            sent |= {o for o in graph.outputs if o in produced}
-            yield tuple(sorted(sent)) if head != set(names) else tuple(graph.outputs)
-
-
 @pytest.mark.parametrize("bw,device,edge", [(0.5, 0.005, 1.0), (5, 0.02, 5.0), (50, 0.01, 10.0), (1000, 1.0, 1.0)])
 def test_min_cut_equals_brute_force_on_a_branching_graph(tiny_graph, bw, device, edge):
     model = _model(bw, device, edge)
     best = float("inf")
-    for cut in _all_valid_cuts(tiny_graph):
+    for cut in all_valid_cuts(tiny_graph):
         try:
             best = min(best, model.estimate(partition_at(tiny_graph, cut)).total_ms)
         except IllegalPlanError:
