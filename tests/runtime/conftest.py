@@ -13,11 +13,8 @@ compiler writes real bundles the same way.
 
 from __future__ import annotations
 
-import os
-import selectors
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +23,8 @@ import numpy as np
 import pytest
 
 from cogent_compiler.runtime.manifest import Manifest, ModuleSpec, TensorSpec, sha256_file
+from edge_support import edge_argv, repo_env, start_edge_process
 
-REPO = Path(__file__).resolve().parents[2]
 MODEL = "tinycnn"
 X_SHAPE = (1, 3, 16, 16)
 
@@ -175,13 +172,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
     return Bundles(root=root, x=x, boundary=boundary, logits=logits)
 
 
-def runtime_env() -> dict[str, str]:
-    """Environment for runtime subprocesses: the repo importable, nothing else changed."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
 @dataclass
 class EdgeProcess:
     proc: subprocess.Popen[str]
@@ -195,36 +185,8 @@ class EdgeProcess:
 
 def start_edge(bundle_dir: Path, *extra: str, timeout: float = 60.0) -> EdgeProcess:
     """Start ``python -m cogent_compiler.runtime.edge serve`` on 127.0.0.1, port 0; wait for its ready line."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cogent_compiler.runtime.edge",
-            "serve",
-            str(bundle_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=runtime_env(),
-    )
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    if not sel.select(timeout):
-        proc.kill()
-        raise AssertionError(f"edge server printed nothing in {timeout} s; stderr: {proc.communicate()[1]}")
-    line = proc.stdout.readline()
-    if not line.startswith("cogent-edge: serving "):
-        proc.kill()
-        raise AssertionError(f"unexpected ready line {line!r}; stderr: {proc.communicate()[1]}")
-    host, _, port = line.strip().rpartition(" ")[2].rpartition(":")
-    return EdgeProcess(proc, host, int(port))
+    proc, host, port = start_edge_process([*edge_argv(bundle_dir), *extra], timeout)
+    return EdgeProcess(proc, host, port)
 
 
 def stop_edge(edge: EdgeProcess, timeout: float = 20.0) -> tuple[int, str]:
@@ -264,4 +226,4 @@ def edge_server(bundles: Bundles, edge_factory: Callable[..., EdgeProcess]) -> E
 @pytest.fixture
 def run_env() -> dict[str, str]:
     """Environment for runtime subprocesses (the repo on PYTHONPATH)."""
-    return runtime_env()
+    return repo_env()
