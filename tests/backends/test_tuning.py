@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from cogent_compiler.backends import tuning
 from cogent_compiler.backends.targets import resolve_target
 from cogent_compiler.backends.tvm_backend import tvm_target_for
 from cogent_compiler.errors import BackendError
+from rpc_support import free_port, wait_for_port
 
 pytestmark = pytest.mark.slow
 
@@ -41,12 +41,6 @@ def small_program():
 @pytest.fixture(scope="module")
 def llvm():
     return tvm_target_for(resolve_target("llvm"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_tune_on_a_budget_records_resume_and_compile(small_program, llvm, tmp_path):
@@ -115,16 +109,16 @@ def test_tunedb_show_export_merge(small_program, llvm, tmp_path, capsys):
 def test_rpc_tracker_with_two_runners_on_loopback(small_program, llvm, tmp_path):
     program, _, _ = small_program
     mod = tuning.prepared_module(program, "torch", llvm)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TVM_NUM_THREADS": "1"}
     tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     servers = []
     try:
-        _wait_for_port(port, tracker)
+        wait_for_port(port, tracker)
         for i in range(2):
             log = open(tmp_path / f"server{i}.log", "w")
-            own = _free_port()
+            own = free_port()
             servers.append((subprocess.Popen(
                 [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(own),
                  "--port-end", str(own + 1), "--tracker", f"127.0.0.1:{port}", "--key", "cogent-test"],
@@ -147,17 +141,6 @@ def test_rpc_tracker_with_two_runners_on_loopback(small_program, llvm, tmp_path)
             log.close()
         tracker.kill()
 
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise AssertionError(f"rpc tracker exited: {proc.stderr.read().decode()[-500:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError("rpc tracker did not start")
 
 
 def _wait_for_runners(spec: tuning.RPCSpec, n: int, timeout: float = 60) -> None:

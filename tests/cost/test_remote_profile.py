@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,28 +25,12 @@ from cogent_compiler.cli import main
 from cogent_compiler.cost import load_profile
 from cogent_compiler.cost.profiler import LayerSpec, measure_profile
 from cogent_compiler.errors import ProfileError
+from rpc_support import free_port, wait_for_port
 
 KEY = "cogent-profile"
 #: a convolution, and a pool between convolutions (its sample leaves the conv kernels out)
 LAYERS = [LayerSpec("conv2d", 16, 16, 14, 3), LayerSpec("max_pool2d", 16, 0, 28, 3, 2)]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise AssertionError(f"rpc tracker exited with status {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError("rpc tracker did not start")
 
 
 def _wait_for_runner(port: int, timeout: float = 60) -> None:
@@ -64,13 +47,13 @@ def _wait_for_runner(port: int, timeout: float = 60) -> None:
 @pytest.fixture(scope="module")
 def tracker(tmp_path_factory) -> Iterator[RPCSpec]:
     """A tracker on loopback with one runner (1 thread) under ``KEY``."""
-    port, own = _free_port(), _free_port()
+    port, own = free_port(), free_port()
     env = {**os.environ, "TVM_NUM_THREADS": "1"}
     log = open(tmp_path_factory.mktemp("rpc") / "server.log", "w")
     procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)]
     try:
-        _wait_for_port(port, procs[0])
+        wait_for_port(port, procs[0])
         procs.append(subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(own), "--port-end", str(own + 1),
                                        "--tracker", f"127.0.0.1:{port}", "--key", KEY], stdout=log, stderr=subprocess.STDOUT, env=env,
                                       start_new_session=True))
@@ -122,7 +105,7 @@ def test_rpc_errors_are_one_line(tracker, tmp_path, capsys):
     out = str(tmp_path / "x.json")
     for bad in ("board:9190", "board", "board:port:key", ":9190:key", "board:9190:"):
         assert "expected HOST:PORT:KEY" in _one_line_error(capsys, ["profile", "--rpc", bad, "-o", out, "-q"])
-    assert "unreachable" in _one_line_error(capsys, ["profile", "--rpc", f"127.0.0.1:{_free_port()}:{KEY}", "-o", out, "-q"])
+    assert "unreachable" in _one_line_error(capsys, ["profile", "--rpc", f"127.0.0.1:{free_port()}:{KEY}", "-o", out, "-q"])
     rpc = f"127.0.0.1:{tracker.port}:{KEY}"
     assert "--cpu-quota with --rpc" in _one_line_error(capsys, ["profile", "--rpc", rpc, "--cpu-quota", "0.5", "-o", out, "-q"])
     assert "--threads with --rpc" in _one_line_error(capsys, ["profile", "--rpc", rpc, "--threads", "2", "-o", out, "-q"])
