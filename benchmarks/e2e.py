@@ -48,8 +48,12 @@ def save_model(name: str, folder: Path, shape: tuple[int, ...]) -> Path:
     return path
 
 
+#: how tensors cross: set from --transfer-dtype (float32 by default, as in the committed results)
+TRANSFER_DTYPE = ["--transfer-dtype", "float32"]
+
+
 def compile_bundle(model: Path, out: Path, *flags: str) -> dict:
-    code = cogentc([str(model), "-o", str(out), "--target", "llvm,llvm", "-q", *flags])
+    code = cogentc([str(model), "-o", str(out), "--target", "llvm,llvm", "-q", *TRANSFER_DTYPE, *flags])
     if code != 0:
         raise SystemExit(f"cogentc failed on {model} {flags}")
     return json.loads((out / "plan.json").read_text())
@@ -130,11 +134,14 @@ def main() -> int:
     p.add_argument("--containers", action="store_true", help="run the bundles' podman containers (default: processes)")
     p.add_argument("--work", type=Path, default=Path("/tmp/cogent-e2e"))
     p.add_argument("--out", type=Path, default=ROOT / "results" / "e2e.json")
+    p.add_argument("--transfer-dtype", default="float32", choices=("auto", "float32", "float16"),
+                   help="how the bundles send float32 tensors (cogentc --transfer-dtype; default float32: bit-exact, as committed)")
     p.add_argument("--smoke", action="store_true", help="resnet18 at 64x64, one bandwidth, 5 requests, quota 0.5")
     args = p.parse_args()
     if args.smoke:
         args.models, args.bandwidths, args.requests, args.size, args.quota = ["resnet18"], [20.0], 5, 64, 0.5
     args.bandwidths = [int(b) if float(b).is_integer() else b for b in args.bandwidths]
+    TRANSFER_DTYPE[1] = args.transfer_dtype
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
@@ -152,6 +159,7 @@ def main() -> int:
                   "link": "veth pair between network namespaces, tbf each way, no added RTT",
                   "backends": "as the compiler chose per half (see each bundle's manifest)",
                   "mode": "containers" if args.containers else "processes", "requests": args.requests,
+                  "transfer_dtype": args.transfer_dtype,
                   "input": f"1x3x{args.size}x{args.size}", "wall_s": round(time.time() - t0, 1)},
         "cases": cases,
     }

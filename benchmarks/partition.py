@@ -6,7 +6,9 @@ four plans are scored with the planner's latency model (``LatencyModel``):
 device compute from a profile measured on this CPU under a 10 % CPU quota
 (the emulated weak device), edge compute from a profile measured at full
 speed, and a link of that bandwidth both ways with ``--rtt`` and
-``--per-message`` on every request:
+``--per-message`` on every request.  Tensors cross as ``--transfer-dtype``
+says (default ``auto``: a float32 tensor as float16 where that is faster,
+casts included; ``plan_details.*.encodings`` and ``wire_bytes`` show it):
 
 - ``device_only``: everything on the device;
 - ``edge_only``: the raw input sent, everything on the edge;
@@ -103,8 +105,11 @@ def _detail(graph: Any, cut: Sequence[str], model: Any) -> dict[str, Any]:
 
     part = partition_at(graph, cut)
     lat = model.estimate(part)
+    wire = model.encodings(part)
+    wire_bytes = sum(graph.tensors[t].numel * 2 if t in wire else graph.tensors[t].nbytes for t in part.sent)
     return {"cut": list(cut), "predicted_ms": round(lat.total_ms, 3), "device_ms": round(lat.device_ms, 3),
             "transfer_ms": round(lat.transfer_ms, 3), "edge_ms": round(lat.edge_ms, 3), "sent_bytes": part.sent_bytes,
+            "wire_bytes": wire_bytes, "encodings": dict(sorted(wire.items())),
             "head_macs_share": round(part.head_macs / graph.total_macs, 4) if graph.total_macs else 0.0}
 
 
@@ -211,7 +216,7 @@ def measure_case(case: Mapping[str, Any], args: argparse.Namespace, work: Path, 
     out = work / f"{case['model']}-{bw:g}mbit"
     flags = [str(save_pt2(case["model"], work)), "-o", str(out), "--target", "llvm,llvm", "--backend", "tvm", "--no-tunedb", "-q",
              "--device-profile", args.device_profile, "--edge-profile", args.edge_profile,
-             "--bandwidth", f"{bw:g}mbit", "--rtt", f"{args.rtt_ms:g}ms", "--cut", ",".join(cut)]
+             "--bandwidth", f"{bw:g}mbit", "--rtt", f"{args.rtt_ms:g}ms", "--cut", ",".join(cut), "--transfer-dtype", args.transfer_dtype]
     t0 = time.time()
     if cogentc(flags) != 0:
         raise SystemExit(f"cogentc failed: cogentc {' '.join(flags)}")
@@ -240,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="round trip added per request, ms (default 0: the testbed's link adds none; a namespace veth's own is ~0.05 ms)")
     ap.add_argument("--per-message-ms", type=float, default=0.0,
                     help="the runtime's cost per request beyond the round trip, ms, predicted only (default 0; `cogentc profile --peer` measures it)")
+    ap.add_argument("--transfer-dtype", default="auto", choices=("auto", "float32", "float16"),
+                    help="how float32 tensors cross (cogentc --transfer-dtype; default auto: float16 where it pays)")
     ap.add_argument("--device-profile", default=str(DEVICE_PROFILE), help=f"device compute profile (default {DEVICE_PROFILE})")
     ap.add_argument("--edge-profile", default=str(EDGE_PROFILE), help=f"edge compute profile (default {EDGE_PROFILE})")
     ap.add_argument("--measure", type=int, default=0, help="measure the chosen plan of this many cases end to end (needs root; default 0)")
@@ -278,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "note": "plans.* and plan_details.* are PREDICTED by the latency model from measured profiles; only measured_ms / measured were run",
         "profiles": {"device": profile_info(device), "edge": profile_info(edge)},
         "link": {"bandwidths_mbps": bandwidths, "both_ways": True, "rtt_ms": args.rtt_ms, "per_message_ms": args.per_message_ms,
-                 "edge_load": 1.0, "source": "flags of this benchmark"},
+                 "edge_load": 1.0, "transfer_dtype": args.transfer_dtype, "source": "flags of this benchmark"},
         "models": models,
         "cases": [],
     }
@@ -287,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         graph = benchmark_graph(name)
         for bw in bandwidths:
             link = Link(bw * 1e6, args.rtt_ms / 1e3, args.per_message_ms / 1e3, source="benchmark flags")
-            case = predict_case(name, graph, LatencyModel(device, edge, link))
+            case = predict_case(name, graph, LatencyModel(device, edge, link, transfer_dtype=args.transfer_dtype))
             result["cases"].append(case)
             p = case["plans"]
             print(f"{name:<14} {bw:>5g} Mbit/s  device {p['device_only']:8.1f}  edge {p['edge_only']:8.1f}  single {p['single_cut']:8.1f}  "

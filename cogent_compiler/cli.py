@@ -44,6 +44,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a .pt2 (torch.export.save), package.module:factory, TorchScript .pt, .onnx, or a pickled nn.Module with --trust-pickle")
     p.add_argument("--input-shape", metavar="N,C,H,W", help="input shape for factories, TorchScript and pickles, e.g. 1,3,224,224")
     p.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled nn.Module: this RUNS CODE from the file; use only for files you trust")
+    p.add_argument("--input-pixels", metavar="NORM", help="the model's image input arrives as uint8 pixels: prepend (pixels/255 - mean)/std to the "
+                   "model so that the uint8 image, not float32, crosses the link; NORM is imagenet, unit or MEAN/STD (per channel, e.g. 0.5,0.5,0.5/0.2,0.2,0.2)")
     _add_output_args(p)
 
 
@@ -63,6 +65,9 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--planner", default="single-cut", choices=("single-cut", "mincut", "device", "edge"),
                    help="how to choose the cut: best single tensor (default), min-cut over the whole DAG (DADS), or a baseline")
     p.add_argument("--cut", metavar="TENSOR[,TENSOR...]", help="force this cut (tensor names from `cogentc inspect`) instead of planning")
+    p.add_argument("--transfer-dtype", default="auto", choices=("auto", "float32", "float16"),
+                   help="how float32 tensors cross the link: float16 where it is faster, casts included (auto, the default), "
+                        "always float16, or always float32 (bit-exact halves)")
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -167,6 +172,11 @@ def _load(args: argparse.Namespace, say: _Progress) -> Any:
     shape = parse_shape(args.input_shape) if args.input_shape else None
     model = load_model(args.model, input_shape=shape, trust_pickle=args.trust_pickle)
     say("load", f"{model.source} ({model.kind})")
+    if args.input_pixels:
+        from cogent_compiler.frontend.pixels import parse_pixels, with_pixel_input
+
+        model = with_pixel_input(model, parse_pixels(args.input_pixels))
+        say("load", f"input takes uint8 pixels, normalised by the model ({args.input_pixels})")
     graph = trace(model)
     say("trace", f"{len(graph.nodes)} ops, {graph.total_macs / 1e9:.3f} GMAC")
     return graph
@@ -209,6 +219,7 @@ def _options(args: argparse.Namespace) -> Any:
         device_profile=args.device_profile,
         edge_profile=args.edge_profile,
         planner=args.planner,
+        transfer_dtype=args.transfer_dtype,
         cut=tuple(t.strip() for t in args.cut.split(",") if t.strip()) if args.cut else (),
         **extra,
     )
@@ -353,7 +364,7 @@ def _cmd_compile(args: argparse.Namespace, say: _Progress) -> int:
     graph = _load(args, say)
     model = Path(args.model).resolve() if Path(args.model).exists() else args.model
     source = {"model": str(model), "input_shape": args.input_shape, "trust_pickle": args.trust_pickle,
-              "pythonpath": _factory_root(args.model)}
+              "pythonpath": _factory_root(args.model), "input_pixels": args.input_pixels}
     result = compile(graph, args.output, options, progress=say, source=source)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

@@ -52,6 +52,8 @@ class CompileOptions:
     per_message_s: float = 0.0
     #: slowdown factor of edge compute: 1.0 an idle edge, 2.0 one twice as slow (shared, busy)
     edge_load: float = 1.0
+    #: how float32 tensors cross the link: ``auto`` (float16 where it is faster), ``float16`` or ``float32`` (exact)
+    transfer_dtype: str = "auto"
     #: the link profile the link figures came from (``None``: flags or defaults), and a label saying so
     link_profile: str | None = None
     link_source: str = "flags"
@@ -162,6 +164,7 @@ def latency_model_for(device: TargetSpec, edge: TargetSpec, options: CompileOpti
         edge=compute("edge", edge, options.edge_gmacs, options.edge_profile),
         link=Link(options.bandwidth_bps, options.rtt_s, options.per_message_s, options.bandwidth_down_bps, source=options.link_source),
         edge_load=options.edge_load,
+        transfer_dtype=options.transfer_dtype,
     )
 
 
@@ -187,7 +190,7 @@ def choose_plan(graph: Graph, model: LatencyModel, planner: str, cut: tuple[str,
     if not cut and planner not in ("device", "edge"):
         raise PlanError(f"planner {planner!r} is unknown; use one of {', '.join(PLANNERS)}")
     base = baseline_plans(graph, model)
-    chosen = Plan("manual", tuple(cut), model.estimate(partition_at(graph, cut))) if cut else base[f"{planner}_only"]
+    chosen = Plan.score("manual", graph, tuple(cut), model) if cut else base[f"{planner}_only"]
     return PlanReport(graph.name, chosen, base, (), model.to_json())
 
 
@@ -274,6 +277,8 @@ def compile(
         f"(device {c.predicted.device_ms:.1f} + transfer {c.predicted.transfer_ms:.1f} + edge {c.predicted.edge_ms:.1f}; "
         f"device compute from {lat.device.source}, edge from {lat.edge.source})")
     say("plan", f"link: {describe_link(lat)}")
+    if c.encodings:
+        say("plan", f"sent as float16 (--transfer-dtype {options.transfer_dtype}): {', '.join(sorted(c.encodings))}")
     timings["plan"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -313,13 +318,14 @@ def compile(
             kernels=head.kernels if head else (), backend=head.backend if head else "tvm",
             inputs=split.model_inputs, outputs=split.head_outputs if head else split.model_inputs,
             send=[s.name for s in split.sent], model_outputs=split.model_outputs,
-            plan=plan_json, base_image=options.base_image,
+            plan=plan_json, base_image=options.base_image, encodings=c.encodings,
         )
         edge_m = write_half(
             staging / "edge", role="edge", model=graph.name, target=edge_t,
             library=tail.library if tail else None, params=tail.params if tail else None,
             kernels=tail.kernels if tail else (), backend=tail.backend if tail else "tvm",
             inputs=split.sent, outputs=split.tail_outputs, plan=plan_json, base_image=options.base_image,
+            encodings=c.encodings if tail else None,
         )
         write_compose(staging, model=graph.name, edge_device=edge_t.device, base_image=options.base_image)
         plan_doc = {**report.to_json(), "build": {"source": dict(source or {}), "options": dataclasses.asdict(options), "backends": backends}}

@@ -18,7 +18,8 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,18 @@ class ReportRow:
     predicted: Latency
     chosen: bool = False
     same_cut_as_chosen: bool = False
+    #: sent tensors that cross in another dtype: name -> wire dtype (``Plan.encodings``)
+    encodings: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def wire(self) -> str:
+        """How the cut crosses, in one word: ``native`` (each tensor in its own dtype), or ``float16:2/3`` (2 of 3 as float16)."""
+        if not self.encodings:
+            return "native"
+        counts: dict[str, int] = {}
+        for dt in self.encodings.values():
+            counts[dt] = counts.get(dt, 0) + 1
+        return ",".join(f"{dt}:{n}/{len(self.cut)}" for dt, n in sorted(counts.items()))
 
 
 def report_rows(report: PlanReport) -> tuple[ReportRow, ...]:
@@ -58,25 +71,24 @@ def report_rows(report: PlanReport) -> tuple[ReportRow, ...]:
     """
     chosen = report.chosen
     cut = frozenset(chosen.cut)
-    rows = [ReportRow(name, "baseline", p.cut, p.predicted) for name, p in report.baselines.items()]
-    rows += [ReportRow(p.name, "candidate", p.cut, p.predicted) for p in report.candidates]
+    rows = [ReportRow(name, "baseline", p.cut, p.predicted, encodings=p.encodings) for name, p in report.baselines.items()]
+    rows += [ReportRow(p.name, "candidate", p.cut, p.predicted, encodings=p.encodings) for p in report.candidates]
     def is_chosen(r: ReportRow) -> bool:
         return r.role == "baseline" and r.name == chosen.name and frozenset(r.cut) == cut
 
-    out = [ReportRow(r.name, r.role, r.cut, r.predicted, chosen=is_chosen(r), same_cut_as_chosen=frozenset(r.cut) == cut and not is_chosen(r))
-           for r in rows]
+    out = [dataclasses.replace(r, chosen=is_chosen(r), same_cut_as_chosen=frozenset(r.cut) == cut and not is_chosen(r)) for r in rows]
     if not any(r.chosen for r in out):
-        out.append(ReportRow(chosen.name, "chosen", chosen.cut, chosen.predicted, chosen=True))
+        out.append(ReportRow(chosen.name, "chosen", chosen.cut, chosen.predicted, chosen=True, encodings=chosen.encodings))
     return tuple(out)
 
 
 def format_plan_table(report: PlanReport) -> str:
     """The rows as a fixed-width text table (what ``cogentc plan`` prints), without a trailing newline."""
-    lines = [f"{'plan':<36} {'role':<9} {'device ms':>10} {'transfer ms':>12} {'edge ms':>10} {'total ms':>10}"]
+    lines = [f"{'plan':<36} {'role':<9} {'sent as':<11} {'device ms':>10} {'transfer ms':>12} {'edge ms':>10} {'total ms':>10}"]
     for r in report_rows(report):
         lat = r.predicted
         mark = "  <- chosen" if r.chosen else "  (same cut as chosen)" if r.same_cut_as_chosen else ""
-        lines.append(f"{_short(r.name, 36):<36} {r.role:<9} {lat.device_ms:>10.3f} {lat.transfer_ms:>12.3f} {lat.edge_ms:>10.3f} "
+        lines.append(f"{_short(r.name, 36):<36} {r.role:<9} {r.wire:<11} {lat.device_ms:>10.3f} {lat.transfer_ms:>12.3f} {lat.edge_ms:>10.3f} "
                      f"{lat.total_ms:>10.3f}{mark}")
     return "\n".join(lines)
 
@@ -147,6 +159,11 @@ def write_report(report: PlanReport, out_dir: str | Path, *, model_name: str | N
     except OSError as e:
         raise BundleError(f"{out}: cannot write the plan report there ({e}); choose a folder you can write") from e
     return path
+
+
+def _cut_text(cut: Sequence[str], encodings: Mapping[str, str]) -> str:
+    """The cut's tensors, each with its wire dtype when it crosses in another than its own."""
+    return ", ".join(f"{t} as {encodings[t]}" if t in encodings else t for t in cut)
 
 
 def _short(text: str, n: int) -> str:
@@ -223,7 +240,7 @@ def _html(report: PlanReport, model_name: str, conditions: Mapping[str, Any], pn
         f"<h1>{e(model_name)}: where to cut</h1>",
         "<p class=\"note\">Every latency on this page is <strong>predicted</strong> by the planner's latency model "
         "(conditions below), not measured; <code>cogentc bench</code> measures a bundle.</p>",
-        f"<p>Chosen plan: <strong>{e(c.name)}</strong>, cut at <code>{e(', '.join(c.cut))}</code>, predicted "
+        f"<p>Chosen plan: <strong>{e(c.name)}</strong>, cut at <code>{e(_cut_text(c.cut, c.encodings))}</code>, predicted "
         f"<strong>{_ms(lat.total_ms)} ms</strong> (device {_ms(lat.device_ms)} + transfer {_ms(lat.transfer_ms)} + "
         f"edge {_ms(lat.edge_ms)} ms). Predicted speedup over: {speedups}.</p>",
         f"<img src=\"data:image/png;base64,{base64.b64encode(png).decode('ascii')}\" "
@@ -238,7 +255,7 @@ def _html(report: PlanReport, model_name: str, conditions: Mapping[str, Any], pn
         cls = "chosen" if r.chosen else r.role
         mark = "chosen" if r.chosen else "same cut as chosen" if r.same_cut_as_chosen else ""
         body.append(
-            f"<tr class=\"{cls}\"><td class=\"name\">{e(r.name)}</td><td>{e(r.role)}</td><td><code>{e(', '.join(r.cut))}</code></td>"
+            f"<tr class=\"{cls}\"><td class=\"name\">{e(r.name)}</td><td>{e(r.role)}</td><td><code>{e(_cut_text(r.cut, r.encodings))}</code></td>"
             f"<td class=\"num\">{_ms(p.device_ms)}</td><td class=\"num\">{_ms(p.transfer_ms)}</td><td class=\"num\">{_ms(p.edge_ms)}</td>"
             f"<td class=\"num\">{_ms(p.total_ms)}</td><td>{mark}</td></tr>"
         )

@@ -44,7 +44,12 @@ def resnet(tmp_path_factory):
 
 
 def _cogentc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "cogentc"), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    """Run cogentc; a compile sends float32 (bit-exact halves) so that the split alone is what these tests check.
+
+    Float16 on the wire has tests of its own (test_transfer_encoding.py).
+    """
+    exact = ["--transfer-dtype", "float32"] if "-o" in args else []
+    return subprocess.run([str(BIN / "cogentc"), *args, *exact], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 class Edge:

@@ -101,7 +101,10 @@ def test_cogentc_plan_prints_the_table_and_writes_the_report(capsys, tmp_path):
     assert (tmp_path / "rep" / "plan.png").read_bytes().startswith(PNG_MAGIC)
     printed = [line.split() for line in out.splitlines()[1:] if line.split()[1:2] in (["baseline"], ["candidate"], ["chosen"])]
     assert printed[0][:2] == ["device_only", "baseline"] and printed[-1][-2:] == ["<-", "chosen"]
-    assert [(cells[0], cells[1], *cells[3:7]) for _, cells in _html_rows(page)] == [tuple(p[:6]) for p in printed]
+    assert [(cells[0], cells[1], *cells[3:7]) for _, cells in _html_rows(page)] == [(p[0], p[1], *p[3:7]) for p in printed]
+    # at 5 Mbit/s a float32 activation crosses faster as float16 (--transfer-dtype auto): both views say so, row by row
+    assert {p[2].split(":")[0] for p in printed} == {"native", "float16"}
+    assert [p[2] != "native" for p in printed] == [" as float16" in cells[2] for _, cells in _html_rows(page)]
     assert "planner</th><td>single-cut" in page
     # the table alone is what format_plan_table gives; --json is unchanged by --report
     assert main([*argv, "--json", "--report", str(tmp_path / "rep2")]) == 0

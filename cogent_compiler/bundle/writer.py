@@ -67,6 +67,7 @@ def write_half(
     model_outputs: Sequence[TensorInfo] = (),
     base_image: str = DEFAULT_BASE_IMAGE,
     backend: str = "tvm",
+    encodings: Mapping[str, str] | None = None,
 ) -> Manifest:
     """Finish one half's build context in ``folder`` (which already holds the artifact, if any).
 
@@ -96,6 +97,7 @@ def write_half(
         model_outputs=_specs(model_outputs),
         files={f: sha256_file(folder / f) for f in artifact_files},
         plan=dict(plan),
+        encodings=dict(encodings or {}),
     )
     manifest.write(folder)
     tail = (_EDGE_TAIL if role == "edge" else _DEVICE_TAIL).format(port=EDGE_PORT)

@@ -17,14 +17,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cogent_compiler.errors import CogentError
-from cogent_compiler.ir import Node
+from cogent_compiler.ir import Node, TensorInfo
 from cogent_compiler.passes.partition import Partition
 
-__all__ = ["ComputeCost", "ComputeModel", "Link", "Latency", "LatencyModel", "DEFAULT_GMACS"]
+__all__ = ["ComputeCost", "ComputeModel", "Link", "Latency", "LatencyModel", "DEFAULT_GMACS", "TRANSFER_DTYPES"]
 
 #: Default throughputs (GMAC/s) per target kind when the user gives none: rough
 #: figures for a Cortex-A72-class board, a desktop core and a datacenter GPU.
 DEFAULT_GMACS: Mapping[str, float] = {"arm": 2.0, "llvm": 10.0, "cuda": 500.0}
+
+#: How float32 tensors may cross the link: ``auto`` (float16 where that is
+#: faster, casts included), always ``float16``, or always ``float32`` (exact).
+#: Other dtypes (a uint8 image input, integer ids) always cross as they are.
+TRANSFER_DTYPES = ("auto", "float32", "float16")
 
 
 class ComputeCost(Protocol):
@@ -43,6 +48,10 @@ class ComputeCost(Protocol):
     def node_ms(self, node: Node) -> float: ...
 
     def nodes_ms(self, nodes: Iterable[Node]) -> float: ...
+
+    def cast_ms(self, numel: int, in_bytes: int, out_bytes: int) -> float:
+        """Time to convert a tensor of ``numel`` elements between dtypes (the runtime's transfer encoding)."""
+        ...
 
     def to_json(self) -> dict[str, Any]: ...
 
@@ -65,6 +74,10 @@ class ComputeModel:
 
     def nodes_ms(self, nodes: Iterable[Node]) -> float:
         return sum(self.node_ms(n) for n in nodes)
+
+    def cast_ms(self, numel: int, in_bytes: int, out_bytes: int) -> float:
+        """One element converted counts as one MAC (an estimate, like the rest of this model)."""
+        return numel / (self.gmacs_per_s * 1e6) + self.op_overhead_us / 1e3
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "gmacs_per_s": self.gmacs_per_s, "op_overhead_us": self.op_overhead_us, "source": self.source}
@@ -146,10 +159,44 @@ class LatencyModel:
     edge: ComputeCost
     link: Link
     edge_load: float = 1.0
+    #: how float32 tensors cross the link: one of ``TRANSFER_DTYPES``
+    transfer_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if not self.edge_load > 0:
             raise CogentError(f"edge load must be a positive slowdown factor such as 1.0 or 2.5, got {self.edge_load}")
+        if self.transfer_dtype not in TRANSFER_DTYPES:
+            raise CogentError(f"transfer dtype {self.transfer_dtype!r} is unknown; use one of {', '.join(TRANSFER_DTYPES)}")
+
+    def _float16_ms(self, info: TensorInfo) -> float:
+        """Sending ``info`` (float32) as float16: the device's cast, half the bytes, the edge's cast back."""
+        half = info.numel * 2
+        return (self.device.cast_ms(info.numel, info.nbytes, half) + self.link.up_ms(half)
+                + self.edge.cast_ms(info.numel, half, info.nbytes) * self.edge_load)
+
+    def wire_dtype(self, info: TensorInfo) -> str:
+        """The dtype ``info`` crosses the link in: float16 for a float32 tensor when ``transfer_dtype`` allows and it pays."""
+        if info.dtype != "float32" or self.transfer_dtype == "float32":
+            return info.dtype
+        if self.transfer_dtype == "float16" or self._float16_ms(info) < self.link.up_ms(info.nbytes):
+            return "float16"
+        return info.dtype
+
+    def send_ms(self, info: TensorInfo) -> float:
+        """Time to send ``info`` from device to edge in its wire dtype, casts included (no round trip)."""
+        if self.wire_dtype(info) != info.dtype:
+            return self._float16_ms(info)
+        return self.link.up_ms(info.nbytes)
+
+    def encodings(self, partition: Partition) -> dict[str, str]:
+        """The sent tensors that cross in another dtype than their own: name -> wire dtype."""
+        g = partition.graph
+        out = {}
+        for name in partition.sent:
+            wire = self.wire_dtype(g.tensors[name])
+            if wire != g.tensors[name].dtype:
+                out[name] = wire
+        return out
 
     def device_node_ms(self, node: Node) -> float:
         """One node as its own kernel on the device."""
@@ -165,8 +212,10 @@ class LatencyModel:
         if partition.device_only:
             return Latency(device_ms, 0.0, 0.0)
         edge_ms = self.edge.nodes_ms(g.node(n) for n in partition.tail_nodes) * self.edge_load
-        transfer_ms = self.link.transfer_ms(partition.sent_bytes, partition.returned_bytes)
+        up_ms = sum(self.send_ms(g.tensors[n]) for n in partition.sent)
+        transfer_ms = up_ms + self.link.transfer_ms(0, partition.returned_bytes)
         return Latency(device_ms, transfer_ms, edge_ms)
 
     def to_json(self) -> dict[str, Any]:
-        return {"device": self.device.to_json(), "edge": self.edge.to_json(), "link": self.link.to_json(), "edge_load": self.edge_load}
+        return {"device": self.device.to_json(), "edge": self.edge.to_json(), "link": self.link.to_json(), "edge_load": self.edge_load,
+                "transfer_dtype": self.transfer_dtype}

@@ -74,8 +74,9 @@ LAYOUT_SENSITIVE = frozenset({"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
 #: The fits of the layout changes at a half's edges: into NHWC before its first convolution, back to NCHW after its last.
 LAYOUT_IN, LAYOUT_OUT = "layout_transform:in", "layout_transform:out"
 #: Ops predicted by another op's fit: TVM lowers a global average pool to the same ``mean`` kernel as
-#: ``x.mean([2, 3])`` (MnasNet's and EfficientNet's pooling).
-FIT_ALIASES = {"mean": "adaptive_avg_pool2d"}
+#: ``x.mean([2, 3])`` (MnasNet's and EfficientNet's pooling); a dtype cast and the other element-wise
+#: arithmetic are one memory-bound pass like ``relu`` and ``add`` (a pixel input's normalisation).
+FIT_ALIASES = {"mean": "adaptive_avg_pool2d", "cast": "relu", "mul": "add", "sub": "add", "div": "add"}
 #: Ops whose kernel takes element-wise epilogues.
 FUSION_ANCHORS = frozenset({"conv2d", "linear", "matmul"})
 #: Ops that keep their input's layout (ConvertLayout carries NHWC through them).
@@ -422,6 +423,10 @@ class ProfileComputeModel:
         if at_input and node.op in LAYOUT_SENSITIVE and f"{node.op}:boundary" in self.profile.fits:
             attrs["boundary"] = True
         return self.kernel_ms(node.op, attrs, macs, in_b, out_b, par_b, node=node.name) + self.profile.kernel_overhead_ms
+
+    def cast_ms(self, numel: int, in_bytes: int, out_bytes: int) -> float:
+        """A dtype conversion priced as the profile's element-wise ``relu``: both are one pass over memory."""
+        return self.kernel_ms("relu", {}, 0, in_bytes, out_bytes, 0, node="transfer cast") + self.profile.kernel_overhead_ms
 
     def leave_one_out(self) -> list[tuple[Sample, float]]:
         """Each kernel sample with its prediction when that sample is left out of the neighbours: (sample, predicted ms).

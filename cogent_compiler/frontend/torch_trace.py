@@ -59,6 +59,8 @@ _KINDS: Mapping[str, str] = {
     "_unsafe_view": "reshape",
     "reshape": "reshape",
     "flatten": "reshape",
+    "_to_copy": "cast",
+    "to": "cast",
 }
 
 #: The operand whose last dimension is the contracted one, per matmul-family op.

@@ -13,17 +13,20 @@ then exactly device time + transfer time + edge time of the partition; the
 link's round trip and per-message overhead, paid once whenever anything runs
 on the edge, are added afterwards and the device-only plan is compared beside
 it.  Edge times include the model's ``edge_load``; tensors sent up use the
-uplink bandwidth and results coming back the downlink.
+uplink bandwidth in their wire dtype (``LatencyModel.send_ms``: float16 where
+the model's ``transfer_dtype`` allows and it pays, casts included) and results
+coming back the downlink.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from cogent_compiler.cost.latency import LatencyModel
 from cogent_compiler.errors import PlanError
 from cogent_compiler.ir import Graph
-from cogent_compiler.passes.partition import partition_at, single_tensor_cuts
+from cogent_compiler.passes.partition import single_tensor_cuts
 from cogent_compiler.policy.plan import Plan, PlanReport
 from cogent_compiler.policy.single_cut import baseline_plans
 
@@ -61,7 +64,7 @@ def min_cut_tensors(graph: Graph, model: LatencyModel) -> tuple[str, ...]:
         producer = graph.producers[name]
         src = producer.name if producer is not None else f"op:{name}"
         x = f"tensor:{name}"
-        g.add_edge(src, x, capacity=_capacity(model.link.up_ms(info.nbytes)))
+        g.add_edge(src, x, capacity=_capacity(model.send_ms(info)))
         g.add_edge(x, src)
         for c in graph.consumers[name]:
             g.add_edge(x, c.name)
@@ -89,18 +92,18 @@ def min_cut_tensors(graph: Graph, model: LatencyModel) -> tuple[str, ...]:
 def plan_min_cut(graph: Graph, model: LatencyModel) -> PlanReport:
     """The min-cut plan, with device-only, edge-only and the best single-tensor cut beside it."""
     baselines = baseline_plans(graph, model)
-    singles = [Plan(f"cut@{t}", (t,), model.estimate(partition_at(graph, (t,)))) for t in single_tensor_cuts(graph)]
+    singles = [Plan.score(f"cut@{t}", graph, (t,), model) for t in single_tensor_cuts(graph)]
     if singles:
         best_single = min(singles, key=lambda p: p.predicted.total_ms)
-        baselines["single_cut"] = Plan("single_cut", best_single.cut, best_single.predicted)
+        baselines["single_cut"] = dataclasses.replace(best_single, name="single_cut")
     cut = min_cut_tensors(graph, model)
     candidates = list(baselines.values())
     if cut:
         try:
-            candidates.append(Plan("min_cut", cut, model.estimate(partition_at(graph, cut))))
+            candidates.append(Plan.score("min_cut", graph, cut, model))
         except Exception as e:  # the construction forbids invalid cuts; say so loudly if one slips through
             raise PlanError(f"{graph.name}: min-cut produced an invalid cut {cut}: {e}") from e
     best = min(candidates, key=lambda p: p.predicted.total_ms)
-    chosen = Plan("min_cut", best.cut, best.predicted)
+    chosen = dataclasses.replace(best, name="min_cut")
     log.info("min-cut planner: %s at %.2f ms", ",".join(best.cut), best.predicted.total_ms)
     return PlanReport(graph.name, chosen, baselines, tuple(singles), model.to_json())

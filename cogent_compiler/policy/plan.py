@@ -11,26 +11,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cogent_compiler.cost.latency import Latency
+from cogent_compiler.cost.latency import Latency, LatencyModel
 from cogent_compiler.errors import PlanError
+from cogent_compiler.ir import Graph
+from cogent_compiler.passes.partition import partition_at
 
 __all__ = ["Plan", "PlanReport"]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Per-group prune ratios, the cut (tensors that cross), and the predicted latency."""
+    """Per-group prune ratios, the cut (tensors that cross), how they cross, and the predicted latency.
+
+    ``encodings`` names the sent tensors that cross the link in another dtype
+    than their own (``{"relu_3": "float16"}``); every other tensor crosses as is.
+    """
 
     name: str
     cut: tuple[str, ...]
     predicted: Latency
     prune_ratios: Mapping[str, float] = field(default_factory=dict)
+    encodings: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def score(cls, name: str, graph: Graph, cut: tuple[str, ...], model: LatencyModel) -> Plan:
+        """The plan that cuts ``graph`` at ``cut``, priced by ``model`` with the wire dtypes it chooses."""
+        part = partition_at(graph, cut)
+        return cls(name, tuple(cut), model.estimate(part), encodings=model.encodings(part))
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "cut": list(self.cut),
             "prune_ratios": dict(sorted(self.prune_ratios.items())),
+            "encodings": dict(sorted(self.encodings.items())),
             "predicted": self.predicted.to_json(),
         }
 
@@ -42,6 +56,7 @@ class Plan:
             cut=tuple(d["cut"]),
             predicted=Latency(float(p["device_ms"]), float(p["transfer_ms"]), float(p["edge_ms"])),
             prune_ratios={str(k): float(v) for k, v in d.get("prune_ratios", {}).items()},
+            encodings={str(k): str(v) for k, v in d.get("encodings", {}).items()},
         )
 
 

@@ -6,12 +6,13 @@ and device-only and edge-only are always computed beside it as baselines.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from cogent_compiler.cost.latency import LatencyModel
 from cogent_compiler.errors import PlanError
 from cogent_compiler.ir import Graph
-from cogent_compiler.passes.partition import partition_at, single_tensor_cuts
+from cogent_compiler.passes.partition import single_tensor_cuts
 from cogent_compiler.policy.plan import Plan, PlanReport
 
 __all__ = ["plan_single_cut", "baseline_plans"]
@@ -19,15 +20,11 @@ __all__ = ["plan_single_cut", "baseline_plans"]
 log = logging.getLogger(__name__)
 
 
-def _plan(graph: Graph, name: str, cut: tuple[str, ...], model: LatencyModel) -> Plan:
-    return Plan(name=name, cut=cut, predicted=model.estimate(partition_at(graph, cut)))
-
-
 def baseline_plans(graph: Graph, model: LatencyModel) -> dict[str, Plan]:
     """Device-only (everything on the device) and edge-only (raw input sent)."""
     return {
-        "device_only": _plan(graph, "device_only", tuple(graph.outputs), model),
-        "edge_only": _plan(graph, "edge_only", tuple(t.name for t in graph.inputs), model),
+        "device_only": Plan.score("device_only", graph, tuple(graph.outputs), model),
+        "edge_only": Plan.score("edge_only", graph, tuple(t.name for t in graph.inputs), model),
     }
 
 
@@ -37,11 +34,11 @@ def plan_single_cut(graph: Graph, model: LatencyModel) -> PlanReport:
     Ties go to the earliest cut (less work on the weak device).
     """
     baselines = baseline_plans(graph, model)
-    candidates = [_plan(graph, f"cut@{t}", (t,), model) for t in single_tensor_cuts(graph)]
+    candidates = [Plan.score(f"cut@{t}", graph, (t,), model) for t in single_tensor_cuts(graph)]
     if not candidates:
         raise PlanError(f"{graph.name}: no tensor alone separates the inputs from the outputs; use device-only or edge-only")
     best = min(candidates + list(baselines.values()), key=lambda p: p.predicted.total_ms)
-    chosen = Plan("single_cut", best.cut, best.predicted, best.prune_ratios)
+    chosen = dataclasses.replace(best, name="single_cut")
     log.info("single-cut planner: %d candidates, best %s at %.2f ms", len(candidates), best.name, best.predicted.total_ms)
     return PlanReport(
         model=graph.name,

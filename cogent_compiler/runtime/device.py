@@ -187,7 +187,7 @@ class DeviceClient:
         env.update(zip(self.half.output_names, self.half.run(arrays)))
         t1 = time.perf_counter()
         if self.needs_edge:
-            env.update(self._exchange([(n, env[n]) for n in self.manifest.send]))
+            env.update(self._exchange([(n, self._encode(n, env[n])) for n in self.manifest.send]))
         t2 = time.perf_counter()
         result: dict[str, np.ndarray] = {}
         for spec in self.manifest.model_outputs:
@@ -209,6 +209,18 @@ class DeviceClient:
             "total_ms": (time.perf_counter() - t0) * 1e3,
         }
         return result
+
+    def _encode(self, name: str, arr: np.ndarray) -> np.ndarray:
+        """``arr`` in the wire dtype the plan chose for it; in its own dtype when the narrow one would overflow."""
+        wire = self.manifest.encodings.get(name)
+        if wire is None:
+            return arr
+        with np.errstate(over="ignore"):  # an overflow is handled below, not warned about
+            narrow = arr.astype(wire)
+        if not np.isfinite(narrow).all() and np.isfinite(arr).all():
+            log.warning("%s: values beyond %s's range; sent as %s this time", name, wire, arr.dtype.name)
+            return arr
+        return narrow
 
     def _exchange(self, tensors: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
         """Send one REQUEST to the edge and return the RESPONSE's tensors."""

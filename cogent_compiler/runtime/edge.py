@@ -224,7 +224,8 @@ class EdgeServer:
                     f"request tensor {name!r} where the edge expects {spec.name!r}; "
                     "are device and edge bundles from the same build?"
                 )
-            if arr.shape != spec.shape or arr.dtype.name != spec.dtype:
+            wire_ok = arr.dtype.name == self.half.manifest.encodings.get(name)
+            if arr.shape != spec.shape or (arr.dtype.name != spec.dtype and not wire_ok):
                 raise RuntimeFailure(
                     f"tensor {name!r} has shape {list(arr.shape)} {arr.dtype.name}, "
                     f"expected {list(spec.shape)} {spec.dtype}"
@@ -260,7 +261,9 @@ class EdgeServer:
             self.load.started()
             service_ms: float | None = None
             try:
-                outputs, service_ms = await self._serve_timed(frame.arrays)
+                inputs = [a if a.dtype.name == spec.dtype else a.astype(spec.dtype)  # decode a narrow wire dtype
+                          for spec, a in zip(self.half.input_specs, frame.arrays)]
+                outputs, service_ms = await self._serve_timed(inputs)
             finally:
                 self.load.finished(service_ms)
             log.debug("request %d computed in %.3f ms", frame.request_id, service_ms)

@@ -17,6 +17,7 @@ Layout of ``manifest.json`` (format ``cogent-bundle/1``)::
       "inputs":  [{"name", "shape", "dtype"}],          # what this half's module reads, in order
       "outputs": [{"name", "shape", "dtype"}],          # what it returns, in order
       "send":    ["relu_3"],                            # device only: tensors sent to the edge, in edge-input order
+      "encodings": {"relu_3": "float16"},               # sent tensors that cross in another dtype (see below)
       "model_outputs": [{"name", "shape", "dtype"}],    # device only: the model's outputs, in order
       "files": {"model.so": "<sha256>", ...},
       "plan": {...}                                      # the Plan as JSON, for reference
@@ -24,6 +25,12 @@ Layout of ``manifest.json`` (format ``cogent-bundle/1``)::
 
 ``module`` is ``null`` for an empty half: the edge of a device-only plan, or
 the device of an edge-only plan (which sends its inputs unchanged).
+
+``encodings`` lists the sent tensors the plan sends in a narrower dtype than
+their own (``ENCODINGS``: float32 as float16): the device casts before
+sending, the edge casts back before its module runs.  The device sends the
+tensor in its own dtype instead whenever the narrow one cannot hold a value
+(float16 overflows above 65504), so the edge accepts either.
 
 ``backend`` names the runtime that loads ``library``: ``tvm`` (a Relax VM
 shared library whose ``entry`` takes the inputs then the ``params``) or
@@ -42,12 +49,14 @@ from typing import Any
 
 from cogent_compiler.errors import RuntimeFailure, TamperedBundleError
 
-__all__ = ["BACKENDS", "FORMAT", "TensorSpec", "ModuleSpec", "Manifest", "sha256_file", "load_manifest"]
+__all__ = ["BACKENDS", "ENCODINGS", "FORMAT", "TensorSpec", "ModuleSpec", "Manifest", "sha256_file", "load_manifest"]
 
 FORMAT = "cogent-bundle/1"
 #: the runtimes a module can name (``ModuleSpec.backend``)
 BACKENDS = ("tvm", "onnxruntime")
 MANIFEST_NAME = "manifest.json"
+#: the wire dtypes a tensor of a given dtype may be encoded as
+ENCODINGS: Mapping[str, tuple[str, ...]] = {"float32": ("float16",)}
 
 
 def sha256_file(path: Path) -> str:
@@ -108,6 +117,17 @@ class Manifest:
     model_outputs: tuple[TensorSpec, ...] = ()
     files: Mapping[str, str] = field(default_factory=dict)
     plan: Mapping[str, Any] = field(default_factory=dict)
+    encodings: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        dtypes = {t.name: t.dtype for t in self.inputs} if self.role == "edge" else None
+        for name, wire in self.encodings.items():
+            if self.role == "device" and name not in self.send:
+                raise ValueError(f"encoding for {name!r}, which is not sent")
+            if dtypes is not None and name not in dtypes:
+                raise ValueError(f"encoding for {name!r}, which is not an input of the edge")
+            if dtypes is not None and wire not in ENCODINGS.get(dtypes[name], ()):
+                raise ValueError(f"{name!r} is {dtypes[name]} and cannot be encoded as {wire!r}")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -119,6 +139,7 @@ class Manifest:
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
             "send": list(self.send),
+            "encodings": dict(sorted(self.encodings.items())),
             "model_outputs": [t.to_json() for t in self.model_outputs],
             "files": dict(sorted(self.files.items())),
             "plan": dict(self.plan),
@@ -138,6 +159,7 @@ class Manifest:
             model_outputs=tuple(TensorSpec.from_json(t) for t in d.get("model_outputs", ())),
             files=dict(d.get("files", {})),
             plan=dict(d.get("plan", {})),
+            encodings={str(k): str(v) for k, v in d.get("encodings", {}).items()},
         )
 
     def write(self, bundle_dir: Path) -> Path:

@@ -91,7 +91,12 @@ def _load_source(src: Mapping[str, Any]) -> Any:
     if src.get("pythonpath") and src["pythonpath"] not in sys.path:
         sys.path.insert(0, src["pythonpath"])
     shape = parse_shape(src["input_shape"]) if src.get("input_shape") else None
-    return load_model(src["model"], input_shape=shape, trust_pickle=bool(src.get("trust_pickle")))
+    loaded = load_model(src["model"], input_shape=shape, trust_pickle=bool(src.get("trust_pickle")))
+    if src.get("input_pixels"):
+        from cogent_compiler.frontend.pixels import parse_pixels, with_pixel_input
+
+        loaded = with_pixel_input(loaded, parse_pixels(src["input_pixels"]))
+    return loaded
 
 
 def prepare_variants(bundle: Path, work: Path, say: Progress, names: Sequence[str] = BASELINES, *, loaded: Any = None) -> dict[str, Path]:
@@ -233,6 +238,8 @@ def _measure_eager(tb: Testbed, source: Mapping[str, Any], x: Path, y: Path, con
     cmd = [_python(), "-m", "cogent_compiler.testbed.eager", str(source["model"]), "--input", str(x), "--output", str(y), "--repeat", str(config.requests), "--json"]
     if source.get("input_shape"):
         cmd += ["--input-shape", str(source["input_shape"])]
+    if source.get("input_pixels"):
+        cmd += ["--input-pixels", str(source["input_pixels"])]
     if source.get("trust_pickle"):
         cmd.append("--trust-pickle")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -279,7 +286,11 @@ def bench_bundle(
         raise CogentError(f"{bundle}: bench supports single-input models for now; this one has {len(inputs)}")
     rng = np.random.default_rng(0)
     x = work / "input.npy"
-    np.save(x, rng.standard_normal(inputs[0].shape).astype(inputs[0].dtype), allow_pickle=False)
+    if inputs[0].dtype == "uint8":  # an image's pixels (--input-pixels)
+        sample = rng.integers(0, 256, inputs[0].shape, dtype=np.uint8)
+    else:
+        sample = rng.standard_normal(inputs[0].shape).astype(inputs[0].dtype)
+    np.save(x, sample, allow_pickle=False)
     expected = _reference_output(loaded, x)
     measured: dict[str, Measurement] = {}
     link = LinkSpec(config.bandwidth_bps, config.rtt_s)

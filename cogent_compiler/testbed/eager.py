@@ -21,6 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("model")
     p.add_argument("--input-shape")
     p.add_argument("--trust-pickle", action="store_true")
+    p.add_argument("--input-pixels", help="the input is uint8 pixels normalised by the model (cogentc --input-pixels)")
     p.add_argument("--input", required=True, help="input .npy")
     p.add_argument("--output", help="where to write the output .npy")
     p.add_argument("--repeat", type=int, default=30)
@@ -37,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         loaded = load_model(args.model, input_shape=parse_shape(args.input_shape) if args.input_shape else None, trust_pickle=args.trust_pickle)
+        if args.input_pixels:
+            from cogent_compiler.frontend.pixels import parse_pixels, with_pixel_input
+
+            loaded = with_pixel_input(loaded, parse_pixels(args.input_pixels))
     except CogentError as e:
         print(f"eager: error: {e}", file=sys.stderr)
         return 2

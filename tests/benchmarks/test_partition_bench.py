@@ -41,7 +41,7 @@ def test_predicted_part_writes_every_plan_and_picks_the_fastest(profiles, tmp_pa
     device, edge = profiles
     out = tmp_path / "partition.json"
     assert main(["--models", "squeezenet1_1", "--bandwidths", "1,1000", "--device-profile", str(device), "--edge-profile", str(edge),
-                 "-o", str(out)]) == 0
+                 "--transfer-dtype", "float32", "-o", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["machine"]["cores"] and "--models squeezenet1_1" in result["command"]
     d = result["profiles"]["device"]
@@ -56,14 +56,27 @@ def test_predicted_part_writes_every_plan_and_picks_the_fastest(profiles, tmp_pa
         for name, d in case["plan_details"].items():
             assert d["predicted_ms"] == case["plans"][name]
             assert d["device_ms"] + d["transfer_ms"] + d["edge_ms"] == pytest.approx(d["predicted_ms"], abs=2e-3)
+            assert d["encodings"] == {} and d["wire_bytes"] == d["sent_bytes"]  # float32 on the wire, as asked
     assert (slow["bandwidth_mbps"], fast["bandwidth_mbps"]) == (1.0, 1000.0)
     assert slow["chosen"] == "device_only"  # 600 kB of input over 1 Mbit/s: seconds, against ~0.4 s of device compute
+    assert result["link"]["transfer_dtype"] == "float32"
     assert fast["chosen"] != "device_only" and fast["speedup_predicted_vs_device_only"] > 2
     summary = result["summary"]
     assert summary["all"]["cases"] == 2 and set(summary["by_bandwidth_mbps"]) == {"1", "1000"}
     counts = summary["all"]
     assert counts["min_cut_beats_single_cut"] + counts["min_cut_ties_single_cut"] + counts["min_cut_loses_to_single_cut"] == 2
     assert sum(counts["chosen"].values()) == 2 and "measured" not in summary
+
+
+def test_float16_on_the_wire_halves_the_bytes_of_float32_tensors(profiles, tmp_path):
+    device, edge = profiles
+    out = tmp_path / "partition.json"
+    assert main(["--models", "squeezenet1_1", "--bandwidths", "1", "--device-profile", str(device), "--edge-profile", str(edge),
+                 "--transfer-dtype", "float16", "-o", str(out)]) == 0
+    (case,) = json.loads(out.read_text())["cases"]
+    edge_only = case["plan_details"]["edge_only"]
+    assert edge_only["encodings"] == {"x": "float16"} and edge_only["wire_bytes"] * 2 == edge_only["sent_bytes"]
+    assert case["plan_details"]["device_only"]["wire_bytes"] == 0
 
 
 def test_a_missing_profile_names_the_command_that_makes_it(profiles, tmp_path):

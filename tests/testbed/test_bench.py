@@ -15,7 +15,7 @@ pytestmark = needs_root
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    assert main(["tiny_models:tiny_cnn", "--input-shape", "1,3,32,32", "--cut", "relu", "-o", str(root / "out"), "-q"]) == 0
+    assert main(["tiny_models:tiny_cnn", "--input-shape", "1,3,32,32", "--cut", "relu", "--transfer-dtype", "float32", "-o", str(root / "out"), "-q"]) == 0
     return root / "out"
 
 
