@@ -75,6 +75,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p = argparse.ArgumentParser(prog="cogentc inspect", description="Print a model's graph IR: every op with shapes, MACs, parameter and output bytes, and totals.")
         _add_model_args(p)
         p.add_argument("--limit", type=int, help="print at most this many rows")
+        p.add_argument("--groups", action="store_true", help="list the prune groups instead: coupled layers that lose the same channels "
+                       "(needs the model as an nn.Module: package.module:factory or a trusted pickle)")
         return p
     if command == "bench":
         p = argparse.ArgumentParser(
@@ -153,6 +155,17 @@ def _parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure tuning candidates on the runners of this TVM RPC tracker (needed to tune arm or cuda from here)")
     p.add_argument("--rpc-key", metavar="KEY", help="the key the tracker's runners registered with (rpc_server --key)")
     p.add_argument("--rpc-workers", type=int, default=1, metavar="N", help="measurements in flight at once: the number of runners (default 1)")
+    g = p.add_argument_group("pruning (needs the model as an nn.Module: package.module:factory or a trusted pickle)")
+    g.add_argument("--prune", type=float, default=0.0, metavar="R", help="remove this fraction of channels from every prune group, e.g. 0.3 "
+                   "(see `cogentc inspect MODEL --groups`; default 0: no pruning)")
+    g.add_argument("--prune-ratios", metavar="GROUP=R,...", help="per-group fractions, overriding --prune for the groups named")
+    g.add_argument("--data", metavar="SPEC", help="evaluation and fine-tuning data: digits (scikit-learn's, offline), imagefolder:DIR, npz:FILE "
+                   "(arrays x, y); without it nothing is pruned")
+    g.add_argument("--max-accuracy-drop", type=float, default=0.01, metavar="F", help="largest top-1 loss accepted, a fraction (default 0.01: "
+                   "one point); a plan that loses more is repaired with smaller ratios or rejected")
+    g.add_argument("--finetune-steps", type=int, metavar="N", help="fine-tune the pruned model for N optimizer steps (default 300)")
+    g.add_argument("--finetune-time", metavar="TIME", help="fine-tune for this long instead, e.g. 2m")
+    g.add_argument("--prune-unvalidated", action="store_true", help="prune without --data, accuracy UNCHECKED")
     return p
 
 
@@ -204,7 +217,11 @@ def _options(args: argparse.Namespace) -> Any:
         extra = {"base_image": args.base_image, "fold_batch_norm": not args.no_fold_batch_norm, "backend": args.backend,
                  "tune_budget_s": parse_duration(args.tune_budget) if args.tune_budget else 0.0,
                  "tunedb": args.tunedb, "use_tunedb": not args.no_tunedb,
-                 "rpc_tracker": args.rpc_tracker, "rpc_key": args.rpc_key, "rpc_workers": args.rpc_workers}
+                 "rpc_tracker": args.rpc_tracker, "rpc_key": args.rpc_key, "rpc_workers": args.rpc_workers,
+                 "prune": args.prune, "prune_ratios": _parse_ratios(args.prune_ratios), "data": args.data,
+                 "max_accuracy_drop": args.max_accuracy_drop, "finetune_steps": args.finetune_steps,
+                 "finetune_time_s": parse_duration(args.finetune_time) if args.finetune_time else None,
+                 "prune_unvalidated": args.prune_unvalidated}
         if args.rpc_tracker:
             from cogent_compiler.backends.tuning import parse_rpc_tracker
 
@@ -225,10 +242,40 @@ def _options(args: argparse.Namespace) -> Any:
     )
 
 
+def _parse_ratios(text: str | None) -> dict[str, float]:
+    """``GROUP=R,GROUP=R`` -> {group: ratio}."""
+    out: dict[str, float] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.rpartition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise CogentError(f"--prune-ratios {item!r}: expected GROUP=RATIO such as layer1.0.conv1=0.5") from None
+    return out
+
+
 def _cmd_inspect(args: argparse.Namespace, say: _Progress) -> int:
     from cogent_compiler.ir import format_summary, format_table
 
     graph = _load(args, say)
+    if args.groups:
+        from cogent_compiler.passes.prune_groups import prune_groups_of
+
+        analysis = prune_groups_of(graph)
+        if args.json:
+            print(json.dumps(analysis.to_json(), indent=2))
+            return 0
+        print(f"{'group':<40} {'channels':>8}  {'criterion':<20} members")
+        for g in analysis.groups[: args.limit or None]:
+            print(f"{g.name:<40} {g.channels:>8}  {g.criterion:<20} {', '.join(g.members)}")
+        print(f"{len(analysis.groups)} prune groups; output layer kept whole: {analysis.output_layer}")
+        for name, why in analysis.left_out.items():
+            print(f"left out: {name} ({why})")
+        return 0
     if args.json:
         print(json.dumps(format_summary(graph), indent=2))
     else:

@@ -78,6 +78,18 @@ class CompileOptions:
     rpc_tracker: str | None = None
     rpc_key: str | None = None
     rpc_workers: int = 1
+    #: structured pruning: one ratio for every prune group, then per-group ratios by group name
+    prune: float = 0.0
+    prune_ratios: Mapping[str, float] = field(default_factory=dict)
+    #: evaluation and fine-tuning data (``digits``, ``imagefolder:DIR``, ``npz:FILE``); without it nothing is pruned ...
+    data: str | None = None
+    #: ... unless the user opts in to pruning without checking accuracy
+    prune_unvalidated: bool = False
+    #: the largest top-1 loss (a fraction: 0.01 is one point) a pruned model may have
+    max_accuracy_drop: float = 0.01
+    #: fine-tuning budget after pruning (neither: 300 steps)
+    finetune_steps: int | None = None
+    finetune_time_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,8 @@ class CompileResult:
     timings: dict[str, float] = field(default_factory=dict)
     #: per role (``device``, ``edge``): the ``BackendChoice`` as JSON, for halves that have a module
     backends: dict[str, Any] = field(default_factory=dict)
+    #: what pruning did to accuracy (``AccuracyReport.to_json``), ``None`` when nothing was to be pruned
+    accuracy: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,6 +116,7 @@ class CompileResult:
             "edge_bundle": str(self.out_dir / "edge"),
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "backends": self.backends,
+            "accuracy": self.accuracy,
         }
 
 
@@ -220,6 +235,66 @@ def _tune(options: CompileOptions, split: Any, device_t: TargetSpec, edge_t: Tar
     return reports, {role: db for role, db in databases.items() if db is not None}
 
 
+def prune_stage(graph: Graph, options: CompileOptions, data: Any, say: Progress) -> tuple[Graph, dict[str, Any] | None]:
+    """Prune ``graph`` as ``options`` ask, held to the accuracy budget on ``data`` (or ``options.data``).
+
+    ``data`` (Python API) is a ``Dataset``, a DataLoader or an evaluation
+    function; ``None`` uses ``options.data``.  No data: nothing is pruned and
+    the user is told why, unless ``prune_unvalidated`` says to prune anyway.
+    Returns the graph that ships and the accuracy report as JSON (``None``
+    when no pruning was asked for).
+    """
+    from cogent_compiler.accuracy.budget import AccuracyReport, prune_within_budget, uniform_ratios
+    from cogent_compiler.passes.prune_channels import PruneChannels
+    from cogent_compiler.passes.prune_groups import prune_groups_of
+
+    if options.prune <= 0 and not any(v > 0 for v in options.prune_ratios.values()):
+        return graph, None
+    if not 0 <= options.prune < 1:
+        raise PlanError(f"--prune {options.prune}: give the fraction of channels to remove in [0, 1), e.g. 0.3")
+    if options.max_accuracy_drop < 0:
+        raise PlanError(f"--max-accuracy-drop {options.max_accuracy_drop}: give a non-negative fraction of top-1, e.g. 0.01")
+    ratios = uniform_ratios(prune_groups_of(graph), options.prune, options.prune_ratios)
+    say("prune", f"{len(ratios)} groups to prune")
+    if data is None and options.data is None:
+        if not options.prune_unvalidated:
+            say("prune", "skipped: no --data to measure accuracy on, so pruning cannot be held to --max-accuracy-drop; "
+                "give --data (digits, imagefolder:DIR, npz:FILE) or --prune-unvalidated to prune without checking")
+            return graph, AccuracyReport("skipped: no data", {}, None, options.max_accuracy_drop, macs_before=graph.total_macs,
+                                         macs_after=graph.total_macs).to_json()
+        pruned = PruneChannels(ratios)(graph)
+        say("prune", f"UNVALIDATED (--prune-unvalidated): {pruned.total_macs / max(graph.total_macs, 1):.0%} of the MACs left, "
+            "accuracy not measured")
+        return pruned, AccuracyReport("unvalidated", ratios, None, None, macs_before=graph.total_macs, macs_after=pruned.total_macs).to_json()
+    if data is None:
+        from cogent_compiler.accuracy.data import load_data
+
+        data = load_data(options.data, graph.inputs[0].shape, _num_classes(graph), input_dtype=graph.inputs[0].dtype)  # type: ignore[arg-type]
+    elif not callable(data) and not _is_dataset(data):
+        from cogent_compiler.accuracy.data import from_loader
+
+        data = from_loader(data, graph.inputs[0].shape, _num_classes(graph), input_dtype=graph.inputs[0].dtype)
+    shipped, report = prune_within_budget(graph, ratios, data, options.max_accuracy_drop, finetune_steps=options.finetune_steps,
+                                          finetune_time_s=options.finetune_time_s, say=lambda msg: say("prune", msg))
+    return shipped, report.to_json()
+
+
+def _is_dataset(data: Any) -> bool:
+    from cogent_compiler.accuracy.data import Dataset
+
+    return isinstance(data, Dataset)
+
+
+def _num_classes(graph: Graph) -> int:
+    """The model's class count: the last dimension of its first output."""
+    if len(graph.inputs) != 1:
+        raise PlanError(f"{graph.name}: pruning with data needs a model with one input, this one has {len(graph.inputs)}")
+    shape = graph.tensors[graph.outputs[0]].shape
+    if len(shape) != 2:
+        raise PlanError(f"{graph.name}: pruning with data needs a classifier (output N x classes); the output is {list(shape)}")
+    return int(shape[-1])
+
+
 def check_output_folder(out: Path) -> None:
     """Refuse to overwrite a folder that is neither empty nor a previous bundle."""
     if out.exists() and not out.is_dir():
@@ -235,8 +310,12 @@ def compile(
     progress: Progress | None = None,
     *,
     source: Mapping[str, Any] | None = None,
+    data: Any = None,
 ) -> CompileResult:
     """Compile a traced model into a bundle at ``out_dir``.
+
+    ``data`` (a ``Dataset``, a torch DataLoader or an evaluation function
+    ``module -> top-1``) replaces ``options.data`` for pruning (``prune_stage``).
 
     ``source`` says how the model was loaded (``{"model": spec, "input_shape":
     [...], "trust_pickle": bool}``); it is recorded in ``plan.json`` with the
@@ -262,6 +341,10 @@ def compile(
     shutil.rmtree(staging, ignore_errors=True)
 
     t = time.perf_counter()
+    graph, accuracy = prune_stage(graph, options, data, say)
+    timings["prune"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     if options.fold_batch_norm:
         before = sum(1 for n in graph.nodes if n.op == "batch_norm")
         graph = PassManager([FoldBatchNorm()]).run(graph).graph
@@ -272,6 +355,8 @@ def compile(
     t = time.perf_counter()
     lat = latency_model_for(device_t, edge_t, options)
     report = choose_plan(graph, lat, options.planner, options.cut)
+    if accuracy and accuracy["ratios"]:  # the chosen plan carries the ratios the shipped model was pruned by
+        report = dataclasses.replace(report, chosen=dataclasses.replace(report.chosen, prune_ratios=accuracy["ratios"]))
     c = report.chosen
     say("plan", f"{c.name if options.cut else options.planner}: cut at {', '.join(c.cut)} — predicted {c.predicted.total_ms:.1f} ms "
         f"(device {c.predicted.device_ms:.1f} + transfer {c.predicted.transfer_ms:.1f} + edge {c.predicted.edge_ms:.1f}; "
@@ -328,9 +413,10 @@ def compile(
             encodings=c.encodings if tail else None,
         )
         write_compose(staging, model=graph.name, edge_device=edge_t.device, base_image=options.base_image)
-        plan_doc = {**report.to_json(), "build": {"source": dict(source or {}), "options": dataclasses.asdict(options), "backends": backends}}
+        plan_doc = {**report.to_json(), "accuracy": accuracy,
+                    "build": {"source": dict(source or {}), "options": dataclasses.asdict(options), "backends": backends}}
         (staging / "plan.json").write_text(json.dumps(plan_doc, indent=2) + "\n")
-        write_report(report, staging, model_name=graph.name, conditions=plan_conditions(device_t, edge_t, options))
+        write_report(report, staging, model_name=graph.name, conditions=plan_conditions(device_t, edge_t, options), accuracy=accuracy)
         timings["bundle"] = time.perf_counter() - t
         if out.exists():
             shutil.rmtree(out)
@@ -339,4 +425,4 @@ def compile(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     say("bundle", f"wrote {out}/device, {out}/edge, compose.yaml, plan.json, report.html, plan.png")
-    return CompileResult(out, graph, report, device_m, edge_m, timings, backends)
+    return CompileResult(out, graph, report, device_m, edge_m, timings, backends, accuracy)

@@ -25,6 +25,7 @@ __all__ = [
     "LinkError",
     "LinkFormatError",
     "PeerUnreachableError",
+    "DataError",
 ]
 
 
@@ -98,3 +99,7 @@ class LinkFormatError(LinkError):
 
 class PeerUnreachableError(LinkError):
     """The edge to measure a link to cannot be reached."""
+
+
+class DataError(CogentError):
+    """A data set for measuring or recovering accuracy could not be loaded or does not fit the model."""

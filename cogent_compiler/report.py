@@ -140,12 +140,13 @@ def write_plan_png(report: PlanReport, path: str | Path, *, model_name: str | No
 
 
 def write_report(report: PlanReport, out_dir: str | Path, *, model_name: str | None = None,
-                 conditions: Mapping[str, Any] | None = None) -> Path:
+                 conditions: Mapping[str, Any] | None = None, accuracy: Mapping[str, Any] | None = None) -> Path:
     """Write ``out_dir/plan.png`` and a self-contained ``out_dir/report.html`` (the PNG embedded); return the HTML's path.
 
     ``model_name`` defaults to the report's model; ``conditions`` are shown
     first among the conditions (e.g. the targets and the planner), before the
-    latency model's own figures from ``report.conditions``.  Creates
+    latency model's own figures from ``report.conditions``.  ``accuracy``
+    (``AccuracyReport.to_json``) adds what pruning did to top-1.  Creates
     ``out_dir`` if needed; raises ``BundleError`` when it cannot be written.
     """
     out = Path(out_dir)
@@ -153,7 +154,7 @@ def write_report(report: PlanReport, out_dir: str | Path, *, model_name: str | N
     try:
         out.mkdir(parents=True, exist_ok=True)
         png = write_plan_png(report, out / "plan.png", model_name=name)
-        page = _html(report, name, conditions or {}, png.read_bytes())
+        page = _html(report, name, conditions or {}, png.read_bytes(), accuracy)
         path = out / "report.html"
         path.write_text(page, encoding="utf-8")
     except OSError as e:
@@ -231,7 +232,38 @@ img { max-width: 100%; }
 """.strip()
 
 
-def _html(report: PlanReport, model_name: str, conditions: Mapping[str, Any], png: bytes) -> str:
+def _pct(v: Any) -> str:
+    return "not measured" if v is None else f"{100 * float(v):.2f} %"
+
+
+def _accuracy_html(acc: Mapping[str, Any]) -> list[str]:
+    """The pruning section: status, the three top-1 figures, MACs, and every attempt."""
+    e = html.escape
+    macs_b, macs_a = acc.get("macs_before") or 0, acc.get("macs_after") or 0
+    rows = [("status", str(acc.get("status"))), ("data", str(acc.get("data") or "none")),
+            ("budget (--max-accuracy-drop)", _pct(acc.get("max_accuracy_drop"))),
+            ("top-1 before pruning", _pct(acc.get("top1_before"))), ("top-1 after pruning", _pct(acc.get("top1_pruned"))),
+            ("top-1 after fine-tuning", _pct(acc.get("top1_finetuned"))), ("top-1 drop", _pct(acc.get("drop"))),
+            ("MACs", f"{macs_b / 1e6:.1f} M before, {macs_a / 1e6:.1f} M after" + (f" ({macs_a / macs_b:.0%})" if macs_b else "")),
+            ("groups pruned", str(len(acc.get("ratios") or {})))]
+    if acc.get("finetune"):
+        ft = acc["finetune"]
+        rows.append(("fine-tuning", f"{ft.get('steps')} steps in {float(ft.get('seconds', 0)):.1f} s"))
+    out = ["<h2>Pruning and accuracy</h2>", "<p class=\"note\">Top-1 measured on the data's validation split, "
+           "with the eager PyTorch model; the compiled halves compute the same function.</p>", "<table>"]
+    out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows]
+    out.append("</table>")
+    if acc.get("attempts"):
+        out += ["<table>", "<tr><th>attempt</th><th>MACs</th><th>top-1 pruned</th><th>top-1 fine-tuned</th><th>drop</th></tr>"]
+        for i, a in enumerate(acc["attempts"], 1):
+            out.append(f"<tr><td>{i}</td><td class=\"num\">{a.get('macs', 0) / 1e6:.1f} M</td><td class=\"num\">{_pct(a.get('top1_pruned'))}</td>"
+                       f"<td class=\"num\">{_pct(a.get('top1_finetuned'))}</td><td class=\"num\">{_pct(a.get('drop'))}</td></tr>")
+        out.append("</table>")
+    return out
+
+
+def _html(report: PlanReport, model_name: str, conditions: Mapping[str, Any], png: bytes,
+          accuracy: Mapping[str, Any] | None = None) -> str:
     e = html.escape
     c = report.chosen
     lat = c.predicted
@@ -259,7 +291,10 @@ def _html(report: PlanReport, model_name: str, conditions: Mapping[str, Any], pn
             f"<td class=\"num\">{_ms(p.device_ms)}</td><td class=\"num\">{_ms(p.transfer_ms)}</td><td class=\"num\">{_ms(p.edge_ms)}</td>"
             f"<td class=\"num\">{_ms(p.total_ms)}</td><td>{mark}</td></tr>"
         )
-    body += ["</table>", "<h2>Conditions</h2>", "<table>"]
+    body.append("</table>")
+    if accuracy:
+        body += _accuracy_html(accuracy)
+    body += ["<h2>Conditions</h2>", "<table>"]
     body += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _condition_rows(report, conditions)]
     body.append("</table>")
     return (

@@ -17,8 +17,7 @@ from torch import nn
 from cogent_compiler.driver import CompileOptions, compile
 from cogent_compiler.frontend import from_module, trace
 from cogent_compiler.frontend.pixels import parse_pixels, with_pixel_input
-from cogent_compiler.runtime.device import DeviceClient
-from edge_support import edge_argv, start_edge_process, stop_edge_process
+from edge_support import infer_bundle
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -69,16 +68,8 @@ def digits_bundles(tmp_path_factory):
 
 
 def _run(bundle: Path, xs: np.ndarray) -> np.ndarray:
-    proc, host, port = start_edge_process(edge_argv(bundle / "edge"))
-    try:
-        client = DeviceClient(bundle / "device")
-        client.connect(host, port)
-        try:
-            return np.concatenate([next(iter(client.infer([x[None]]).values())) for x in xs])
-        finally:
-            client.close()
-    finally:
-        stop_edge_process(proc)
+    """The bundle's logits for every sample of ``xs``, one request each."""
+    return np.concatenate([next(iter(out.values())) for out in infer_bundle(bundle, [[x[None]] for x in xs])])
 
 
 def test_float16_boundary_keeps_the_accuracy(digits_bundles):

@@ -30,7 +30,7 @@ import sys
 import warnings
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -67,12 +67,15 @@ class LoadedModel:
     ``run_decompositions({})``) when ``kind == "torch"``, or a shape-inferred
     ``onnx.ModelProto`` when ``kind == "onnx"``.  ``name`` is the file stem or
     the factory's name; ``source`` is what the user gave (path or spec).
+    ``module`` is the eager ``nn.Module`` where the source is one (a factory,
+    a trusted pickle, ``from_module``): what structured pruning acts on.
     """
 
     name: str
     kind: Literal["torch", "onnx"]
     program: Any
     source: str
+    module: Any = field(default=None, compare=False, repr=False)
 
 
 # ---------------------------------------------------------------------------
@@ -146,7 +149,7 @@ def from_module(module: torch.nn.Module, example_inputs: tuple[Any, ...], name: 
             "write (x,) for one input"
         )
     label = name or type(module).__name__
-    return LoadedModel(label, "torch", _export(label, module, example_inputs), f"<module {type(module).__name__}>")
+    return LoadedModel(label, "torch", _export(label, module, example_inputs), f"<module {type(module).__name__}>", module)
 
 
 # ---------------------------------------------------------------------------
@@ -184,7 +187,7 @@ def _load_factory(spec: str, input_shape: tuple[int, ...] | None) -> LoadedModel
     if not isinstance(model, torch.nn.Module):
         raise FrontendError(f"{spec}: the factory returned a {type(model).__name__}, expected a torch.nn.Module")
     name = attr_path.rsplit(".", 1)[-1]
-    return LoadedModel(name, "torch", _export(spec, model, (_example_input(input_shape),)), spec)
+    return LoadedModel(name, "torch", _export(spec, model, (_example_input(input_shape),)), spec, model)
 
 
 def _load_torch_file(path: Path, input_shape: tuple[int, ...] | None, trust_pickle: bool) -> LoadedModel:
@@ -346,7 +349,7 @@ def _load_pickle(path: Path, input_shape: tuple[int, ...] | None, trust_pickle: 
             f"{path}: holds {what}, not an nn.Module; save the whole model (torch.export.save), or give "
             f"the architecture as package.module:factory and load the weights there; accepted: {ACCEPTED_FORMATS}"
         )
-    return LoadedModel(path.stem, "torch", _export(str(path), obj, (_example_input(input_shape),)), str(path))
+    return LoadedModel(path.stem, "torch", _export(str(path), obj, (_example_input(input_shape),)), str(path), obj)
 
 
 def _load_onnx(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:

@@ -105,7 +105,7 @@ def _torch(model: LoadedModel, norm: PixelNorm) -> LoadedModel:
     shape = tuple(int(d) for d in vals[0].shape)
     channels = _check_input(model.source, shape, str(vals[0].dtype).removeprefix("torch."))
     scale, shift = norm.scale_shift(channels)
-    inner = model.program.module()
+    inner = model.module if model.module is not None else model.program.module()
 
     class PixelInput(torch.nn.Module):
         def __init__(self) -> None:
@@ -117,13 +117,15 @@ def _torch(model: LoadedModel, norm: PixelNorm) -> LoadedModel:
         def forward(self, pixels: torch.Tensor) -> Any:
             return self.model(pixels.to(torch.float32) * self.scale + self.shift)
 
+    wrapper = PixelInput()
     example = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     try:  # the exported module cannot be put in eval mode (torch refuses); it is in the mode it was exported in
         with _quiet():
-            ep = torch.export.export(PixelInput(), (example,))
+            ep = torch.export.export(wrapper, (example,))
     except Exception as e:
         raise FrontendError(f"{model.source}: exporting the model with a pixel input failed ({_one_line(e)})") from e
-    return LoadedModel(model.name, "torch", _normalise(model.source, ep), model.source)
+    eager = wrapper if model.module is not None else None  # an eager model stays prunable
+    return LoadedModel(model.name, "torch", _normalise(model.source, ep), model.source, eager)
 
 
 def _onnx(model: LoadedModel, norm: PixelNorm) -> LoadedModel:

@@ -169,7 +169,8 @@ class _Tracer:
                 # call_module _guards_fn (export's input guards) and the like compute nothing
                 log.debug("skipping %s node %s", fx.op, fx.name)
         try:
-            return Graph(self.model.name, tuple(inputs), tuple(nodes), tuple(outputs), source=self.model.program)
+            return Graph(self.model.name, tuple(inputs), tuple(nodes), tuple(outputs), source=self.model.program,
+                         module=self.model.module)
         except Exception as e:
             raise FrontendError(f"{self.model.source}: the traced graph is malformed: {e}") from e
 
@@ -208,6 +209,9 @@ class _Tracer:
         self.provides[fx] = tuple(t.name for t in outs)
         kind = op_kind(target, fx.args)
         macs, attrs = self._cost(fx, kind, outs)
+        weight = _bind(fx).get("weight") if kind in ("conv2d", "linear") else None
+        if weight in self.params:  # the layer's module path: what prune groups name (``passes.prune_groups``)
+            attrs["module"] = self.params[weight][0].rpartition(".")[0]
         return Node(
             name=fx.name,
             op=kind,

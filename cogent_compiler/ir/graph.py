@@ -8,8 +8,9 @@ owns them (``param_bytes``), because they never cross the device-edge link.
 
 A ``Graph`` may carry ``source``: the frontend's own program (a torch
 ``GraphModule`` or an ONNX ``ModelProto``) whose tensor names equal the IR's, so
-that transforms which need the real weights can act on it.  The IR never looks
-inside ``source``.
+that transforms which need the real weights can act on it, and ``module``: the
+eager ``nn.Module`` it was traced from, where there is one (structured pruning
+needs it).  The IR never looks inside either.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class Graph:
     nodes: tuple[Node, ...]
     outputs: tuple[str, ...]
     source: Any = field(default=None, compare=False, repr=False)
+    #: the eager ``torch.nn.Module`` the graph was traced from, where the frontend had one: what pruning acts on
+    module: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.verify()

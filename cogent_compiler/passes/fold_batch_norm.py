@@ -39,7 +39,8 @@ class FoldBatchNorm(Pass):
         program, folded = fold_batch_norm_program(graph.source, graph.inputs)
         if folded == 0:
             return PassResult(graph, False)
-        return PassResult(trace(LoadedModel(graph.name, "torch", program, f"{graph.name} (batch norm folded)")), True)
+        # the eager module (batch norm unfolded) still computes the same function: it stays the graph's
+        return PassResult(trace(LoadedModel(graph.name, "torch", program, f"{graph.name} (batch norm folded)", graph.module)), True)
 
 
 def _attr(gm: Any, node: Any) -> Any:

@@ -61,3 +61,23 @@ def stop_edge_process(proc: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
+
+
+def infer_bundle(bundle: Path, inputs: Sequence[object]) -> list[dict[str, object]]:
+    """Run a compiled bundle as deployed: its edge half in a ``cogent-edge`` process, its device half in this one.
+
+    ``inputs`` are the model inputs of one request each (a list of arrays in
+    manifest order); returns each request's outputs by name.
+    """
+    from cogent_compiler.runtime.device import DeviceClient
+
+    proc, host, port = start_edge_process(edge_argv(Path(bundle) / "edge"))
+    try:
+        client = DeviceClient(Path(bundle) / "device")
+        client.connect(host, port)
+        try:
+            return [client.infer(list(x)) for x in inputs]  # type: ignore[call-overload]
+        finally:
+            client.close()
+    finally:
+        stop_edge_process(proc)

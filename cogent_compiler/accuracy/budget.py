@@ -1,0 +1,141 @@
+"""Pruning held to an accuracy budget: measure, prune, fine-tune, measure again, repair or reject.
+
+``prune_within_budget`` takes prune ratios (per group), real data and the
+largest top-1 drop the user accepts.  It measures top-1 on the validation
+split before pruning, prunes (``PruneChannels``), measures again, fine-tunes
+within the step or time budget, and measures a third time.  If the drop after
+fine-tuning exceeds the budget the plan is *repaired*: every ratio is halved
+and the model pruned afresh from the original, up to ``attempts`` times; if no
+attempt fits, the plan is *rejected* and the model stays unpruned.  Every
+attempt and its three accuracies are in the returned ``AccuracyReport``, which
+``plan.json`` and the report show.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cogent_compiler.errors import DataError
+from cogent_compiler.ir import Graph
+from cogent_compiler.passes.prune_channels import PruneChannels
+
+__all__ = ["AccuracyReport", "EvalFn", "prune_within_budget", "uniform_ratios"]
+
+log = logging.getLogger(__name__)
+
+#: A user's own evaluation: the model in, its top-1 accuracy in [0, 1] out.
+EvalFn = Callable[[Any], float]
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    """What pruning did to accuracy.
+
+    ``status``: ``accepted`` (the ratios asked for fit the budget), ``repaired``
+    (smaller ratios did), ``rejected`` (none did: the model is unpruned),
+    ``unvalidated`` (pruned without data, as the user asked).  Accuracies are
+    top-1 in [0, 1] on ``data``'s validation split, ``None`` where unmeasured.
+    """
+
+    status: str
+    ratios: Mapping[str, float]
+    data: str | None
+    max_drop: float | None
+    before: float | None = None
+    pruned: float | None = None
+    finetuned: float | None = None
+    macs_before: int = 0
+    macs_after: int = 0
+    finetune: Mapping[str, Any] = field(default_factory=dict)
+    attempts: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def drop(self) -> float | None:
+        """Top-1 lost by the model that ships (after fine-tuning), ``None`` if unmeasured."""
+        after = self.finetuned if self.finetuned is not None else self.pruned
+        return None if self.before is None or after is None else self.before - after
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "data": self.data, "max_accuracy_drop": self.max_drop, "top1_before": self.before,
+                "top1_pruned": self.pruned, "top1_finetuned": self.finetuned, "drop": self.drop, "macs_before": self.macs_before,
+                "macs_after": self.macs_after, "ratios": dict(sorted(self.ratios.items())), "finetune": dict(self.finetune),
+                "attempts": [dict(a) for a in self.attempts]}
+
+
+def uniform_ratios(groups: Any, ratio: float, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+    """``ratio`` for every group of ``groups`` (a ``PruneAnalysis``), then ``overrides`` by group name."""
+    out = {g.name: ratio for g in groups.groups} if ratio > 0 else {}
+    out.update(overrides or {})
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def prune_within_budget(
+    graph: Graph,
+    ratios: Mapping[str, float],
+    data: Any,
+    max_drop: float,
+    *,
+    finetune_steps: int | None = None,
+    finetune_time_s: float | None = None,
+    attempts: int = 4,
+    say: Callable[[str], None] = lambda msg: None,
+) -> tuple[Graph, AccuracyReport]:
+    """Prune ``graph`` by ``ratios`` within ``max_drop`` of top-1 on ``data``; the graph that ships and what happened.
+
+    ``data`` is a ``Dataset`` (fine-tuned on its training split, measured on
+    its validation split) or an ``EvalFn`` (measures only: no fine-tuning).
+    """
+    from cogent_compiler.accuracy.data import Dataset
+    from cogent_compiler.accuracy.train import evaluate, finetune
+
+    if not isinstance(data, Dataset) and not callable(data):
+        raise DataError(f"data must be a Dataset, a DataLoader or an evaluation function model -> top-1, got {type(data).__name__}")
+    name = data.name if isinstance(data, Dataset) else getattr(data, "__name__", "evaluation function")
+
+    def measure(module: Any) -> float:
+        if isinstance(data, Dataset):
+            return float(evaluate(module, data.x_val, data.y_val))
+        acc = float(data(module))
+        if not 0.0 <= acc <= 1.0:
+            raise DataError(f"the evaluation function returned {acc}; it must return top-1 accuracy as a fraction in [0, 1]")
+        return acc
+
+    t0 = time.perf_counter()
+    before = measure(graph.module)
+    say(f"top-1 before pruning {before:.4f} on {name} ({time.perf_counter() - t0:.1f}s)")
+    tried: list[dict[str, Any]] = []
+    current = dict(ratios)
+    if isinstance(data, Dataset) and finetune_steps is None and finetune_time_s is None:
+        finetune_steps = 300
+    for attempt in range(attempts):
+        pruned = PruneChannels(current)(graph)
+        acc_pruned = measure(pruned.module)
+        say(f"attempt {attempt + 1}: pruned to {pruned.total_macs / max(graph.total_macs, 1):.0%} of the MACs, top-1 {acc_pruned:.4f}")
+        stats: dict[str, Any] = {}
+        acc_ft = None
+        if isinstance(data, Dataset):
+            stats = finetune(pruned.module, data, steps=finetune_steps, time_s=finetune_time_s, progress=say)
+            acc_ft = measure(pruned.module)
+            say(f"attempt {attempt + 1}: top-1 after fine-tuning {acc_ft:.4f} ({stats.get('steps')} steps, {stats.get('seconds', 0):.1f}s)")
+        after = acc_ft if acc_ft is not None else acc_pruned
+        tried.append({"ratios": dict(sorted(current.items())), "macs": pruned.total_macs, "top1_pruned": acc_pruned,
+                      "top1_finetuned": acc_ft, "drop": before - after})
+        if before - after <= max_drop:
+            status = "accepted" if attempt == 0 else "repaired"
+            if status == "repaired":
+                say(f"repaired: the ratios asked for lost {tried[0]['drop']:.4f} top-1 (> {max_drop}); halved {attempt} time(s) they lose {before - after:.4f}")
+            # the pruned model must evaluate as measured: leave it in eval mode for export
+            pruned.module.eval()
+            from cogent_compiler.passes.prune_channels import retrace
+
+            shipped = retrace(graph, pruned.module)  # the fine-tuned weights, not the ones PruneChannels exported
+            return shipped, AccuracyReport(status, current, name, max_drop, before, acc_pruned, acc_ft, graph.total_macs,
+                                           shipped.total_macs, stats, tuple(tried))
+        say(f"attempt {attempt + 1}: top-1 drop {before - after:.4f} exceeds --max-accuracy-drop {max_drop}; halving every ratio")
+        current = {k: v / 2 for k, v in current.items()}
+    say(f"rejected: no pruning within --max-accuracy-drop {max_drop} after {attempts} attempts; the model ships unpruned")
+    return graph, AccuracyReport("rejected", {}, name, max_drop, before, None, None, graph.total_macs, graph.total_macs, {}, tuple(tried))

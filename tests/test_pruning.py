@@ -1,0 +1,116 @@
+"""Pruning in the compile: held to the accuracy budget on real data, repaired or rejected, and refused without data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cogent_compiler.accuracy import load_data
+from cogent_compiler.cli import main
+from cogent_compiler.driver import CompileOptions, compile
+from cogent_compiler.frontend import from_module, trace
+from edge_support import infer_bundle
+
+SHAPE = (1, 1, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def digits_graph():
+    """A 64-channel CNN trained on scikit-learn's digits (16x16), traced with its eager module."""
+    data = load_data("digits", SHAPE, 10)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 16, 10),
+    )
+    from cogent_compiler.accuracy import finetune
+
+    finetune(model, data, steps=200)
+    return trace(from_module(model.eval(), (torch.from_numpy(data.x_val[:1]),), name="digits_cnn")), data
+
+
+def _quiet(*_):
+    pass
+
+
+def test_without_data_nothing_is_pruned_and_the_user_is_told(digits_graph, tmp_path):
+    graph, _ = digits_graph
+    said = []
+    result = compile(graph, tmp_path / "out", CompileOptions(prune=0.5, planner="device", backend="tvm", use_tunedb=False),
+                     progress=lambda stage, msg: said.append(f"{stage}: {msg}"))
+    assert result.graph.total_macs == graph.total_macs
+    assert result.accuracy["status"] == "skipped: no data" and result.report.chosen.prune_ratios == {}
+    assert any("skipped: no --data" in s and "--prune-unvalidated" in s for s in said)
+
+
+def test_pruning_within_budget_ships_the_fine_tuned_model(digits_graph, tmp_path):
+    graph, data = digits_graph
+    options = CompileOptions(prune=0.5, max_accuracy_drop=0.05, finetune_steps=150, cut=(next(n.outputs[0].name for n in graph.nodes
+                             if n.op == "max_pool2d"),), backend="tvm", use_tunedb=False, transfer_dtype="float32")
+    result = compile(graph, tmp_path / "out", options, progress=_quiet, data=data)
+    acc = result.accuracy
+    assert acc["status"] in ("accepted", "repaired") and acc["data"] == "digits"
+    assert acc["top1_before"] > 0.9 and acc["drop"] <= 0.05
+    assert acc["top1_finetuned"] >= acc["top1_pruned"] - 0.01  # fine-tuning does not make it worse (beyond noise)
+    assert result.graph.total_macs < graph.total_macs and acc["macs_after"] == result.graph.total_macs
+    assert dict(result.report.chosen.prune_ratios) == acc["ratios"] and acc["ratios"]
+    plan = json.loads((result.out_dir / "plan.json").read_text())
+    assert plan["accuracy"]["top1_finetuned"] == acc["top1_finetuned"] and plan["chosen"]["prune_ratios"] == acc["ratios"]
+    page = (result.out_dir / "report.html").read_text()
+    assert "Pruning and accuracy" in page and f"{100 * acc['top1_before']:.2f} %" in page
+    # the bundle computes the fine-tuned pruned model, and its accuracy is the one reported
+    xs = data.x_val[:40]
+    got = np.concatenate([next(iter(o.values())) for o in infer_bundle(result.out_dir, [[x[None]] for x in xs])])
+    with torch.no_grad():
+        expected = result.graph.module(torch.from_numpy(xs)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4 * max(1.0, float(np.abs(expected).max())))
+
+
+def test_a_plan_over_budget_is_repaired_or_rejected(digits_graph, tmp_path):
+    graph, data = digits_graph
+    said = []
+    options = CompileOptions(prune=0.9, max_accuracy_drop=0.0, finetune_steps=1, planner="device", backend="tvm", use_tunedb=False)
+    result = compile(graph, tmp_path / "out", options, progress=lambda stage, msg: said.append(msg), data=data)
+    acc = result.accuracy
+    first = acc["attempts"][0]
+    assert first["ratios"] == {name: 0.9 for name in first["ratios"]} and first["drop"] > 0.0  # 90 % gone, one step: worse
+    assert acc["status"] in ("repaired", "rejected")
+    if acc["status"] == "rejected":
+        assert result.graph.total_macs == graph.total_macs and acc["ratios"] == {} and any("rejected" in s for s in said)
+    else:
+        assert acc["drop"] <= 0.0 and max(acc["ratios"].values()) < 0.9 and any("repaired" in s for s in said)
+    assert all(a["drop"] > 0.0 for a in acc["attempts"][:-1])
+
+
+def test_an_evaluation_function_measures_without_fine_tuning(digits_graph):
+    from cogent_compiler.accuracy import evaluate, prune_within_budget
+
+    graph, data = digits_graph
+
+    def top1(module):
+        return evaluate(module, data.x_val, data.y_val)
+
+    shipped, report = prune_within_budget(graph, {g: 0.25 for g in ("0", "4")}, top1, 1.0)
+    assert report.status == "accepted" and report.finetuned is None and report.finetune == {}
+    assert report.before == pytest.approx(top1(graph.module)) and report.pruned == pytest.approx(top1(shipped.module))
+
+
+def test_cli_prunes_with_digits_and_refuses_bad_data(tmp_path, capsys):
+    common = ["tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--planner", "device", "--backend", "tvm", "--no-tunedb"]
+    assert main([*common, "--prune", "0.5", "--data", "digits", "--finetune-steps", "20", "--max-accuracy-drop", "1",
+                 "-o", str(tmp_path / "a"), "-q"]) == 0
+    plan = json.loads((tmp_path / "a" / "plan.json").read_text())
+    assert plan["accuracy"]["status"] == "accepted" and plan["accuracy"]["finetune"]["steps"] == 20
+    assert plan["build"]["options"]["data"] == "digits"
+    capsys.readouterr()
+    npz = tmp_path / "bad.npz"
+    np.savez(npz, x=np.zeros((4, 3, 16, 16), np.float32), y=np.array([0, 1, 2, 11]))
+    assert main([*common, "--prune", "0.5", "--data", f"npz:{npz}", "-o", str(tmp_path / "b"), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "11" in err and "10 classes" in err
+    assert not (tmp_path / "b").exists()
