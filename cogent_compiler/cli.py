@@ -15,6 +15,7 @@ failure prints one line naming the problem and exits non-zero.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -62,8 +63,15 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge-gmacs", type=float, metavar="G", help="edge throughput in GMAC/s for the estimate (default per target: llvm 10, cuda 500)")
     p.add_argument("--device-profile", metavar="FILE", help="predict device compute from this measured profile (`cogentc profile`) instead of --device-gmacs")
     p.add_argument("--edge-profile", metavar="FILE", help="predict edge compute from this measured profile (`cogentc profile`) instead of --edge-gmacs")
-    p.add_argument("--planner", default="single-cut", choices=("single-cut", "mincut", "device", "edge"),
-                   help="how to choose the cut: best single tensor (default), min-cut over the whole DAG (DADS), or a baseline")
+    p.add_argument("--planner", default="single-cut", choices=("single-cut", "mincut", "device", "edge", "rl"),
+                   help="how to choose the cut: best single tensor (default), min-cut over the whole DAG (DADS), a baseline, or rl: "
+                        "a learned TD3 policy choosing prune ratios (with --data) and the cut together")
+    p.add_argument("--policy", metavar="FILE", help="--planner rl: answer with this trained policy (policy.zip) instead of training one")
+    p.add_argument("--rl-steps", type=int, default=3000, metavar="N", help="--planner rl: TD3 training steps when a policy is trained (default 3000)")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.01, metavar="F", help="largest top-1 loss accepted, a fraction (default 0.01: "
+                   "one point); a plan that loses more is repaired with smaller ratios or rejected")
+    p.add_argument("--data", metavar="SPEC", help="evaluation and fine-tuning data: digits (scikit-learn's, offline), imagefolder:DIR, npz:FILE "
+                   "(arrays x, y); without it nothing is pruned")
     p.add_argument("--cut", metavar="TENSOR[,TENSOR...]", help="force this cut (tensor names from `cogentc inspect`) instead of planning")
     p.add_argument("--transfer-dtype", default="auto", choices=("auto", "float32", "float16"),
                    help="how float32 tensors cross the link: float16 where it is faster, casts included (auto, the default), "
@@ -159,10 +167,6 @@ def _parser(command: str) -> argparse.ArgumentParser:
     g.add_argument("--prune", type=float, default=0.0, metavar="R", help="remove this fraction of channels from every prune group, e.g. 0.3 "
                    "(see `cogentc inspect MODEL --groups`; default 0: no pruning)")
     g.add_argument("--prune-ratios", metavar="GROUP=R,...", help="per-group fractions, overriding --prune for the groups named")
-    g.add_argument("--data", metavar="SPEC", help="evaluation and fine-tuning data: digits (scikit-learn's, offline), imagefolder:DIR, npz:FILE "
-                   "(arrays x, y); without it nothing is pruned")
-    g.add_argument("--max-accuracy-drop", type=float, default=0.01, metavar="F", help="largest top-1 loss accepted, a fraction (default 0.01: "
-                   "one point); a plan that loses more is repaired with smaller ratios or rejected")
     g.add_argument("--finetune-steps", type=int, metavar="N", help="fine-tune the pruned model for N optimizer steps (default 300)")
     g.add_argument("--finetune-time", metavar="TIME", help="fine-tune for this long instead, e.g. 2m")
     g.add_argument("--prune-unvalidated", action="store_true", help="prune without --data, accuracy UNCHECKED")
@@ -218,8 +222,8 @@ def _options(args: argparse.Namespace) -> Any:
                  "tune_budget_s": parse_duration(args.tune_budget) if args.tune_budget else 0.0,
                  "tunedb": args.tunedb, "use_tunedb": not args.no_tunedb,
                  "rpc_tracker": args.rpc_tracker, "rpc_key": args.rpc_key, "rpc_workers": args.rpc_workers,
-                 "prune": args.prune, "prune_ratios": _parse_ratios(args.prune_ratios), "data": args.data,
-                 "max_accuracy_drop": args.max_accuracy_drop, "finetune_steps": args.finetune_steps,
+                 "prune": args.prune, "prune_ratios": _parse_ratios(args.prune_ratios),
+                 "finetune_steps": args.finetune_steps,
                  "finetune_time_s": parse_duration(args.finetune_time) if args.finetune_time else None,
                  "prune_unvalidated": args.prune_unvalidated}
         if args.rpc_tracker:
@@ -237,6 +241,10 @@ def _options(args: argparse.Namespace) -> Any:
         edge_profile=args.edge_profile,
         planner=args.planner,
         transfer_dtype=args.transfer_dtype,
+        policy=args.policy,
+        rl_timesteps=args.rl_steps,
+        data=args.data,
+        max_accuracy_drop=args.max_accuracy_drop,
         cut=tuple(t.strip() for t in args.cut.split(",") if t.strip()) if args.cut else (),
         **extra,
     )
@@ -290,20 +298,40 @@ def _cmd_plan(args: argparse.Namespace, say: _Progress) -> int:
     from cogent_compiler.report import format_plan_table, write_report
 
     options = _options(args)
-    graph = FoldBatchNorm()(_load(args, say))
+    loaded = _load(args, say)
+    graph = FoldBatchNorm()(loaded)
     device_t, edge_t = resolve_target(options.device_target), resolve_target(options.edge_target)
     model = latency_model_for(device_t, edge_t, options)
-    report = choose_plan(graph, model, options.planner, options.cut)
+    answer = None
+    if options.planner == "rl" and not options.cut:
+        from cogent_compiler.driver import rl_stage
+
+        ratios, cut, answer = rl_stage(loaded, options, None, device_t, edge_t, say)
+        priced = answer.pop("priced_graph")  # the pruned model's IR, priced without pruning it (passes.prune_ir)
+        options = dataclasses.replace(options, cut=cut)
+    report = choose_plan(priced if answer is not None else graph, model, options.planner, options.cut)
+    if answer is not None:
+        from cogent_compiler.driver import unpruned_baselines
+
+        report = dataclasses.replace(report, chosen=dataclasses.replace(report.chosen, prune_ratios=ratios),
+                                     baselines=unpruned_baselines(graph, model))
     if args.report:
         path = write_report(report, args.report, model_name=graph.name, conditions=plan_conditions(device_t, edge_t, options))
         say("report", f"wrote {path} and {path.with_name('plan.png')}")
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        doc = report.to_json()
+        if answer is not None:
+            doc["policy"] = answer
+        print(json.dumps(doc, indent=2, default=str))
         return 0
     print(format_plan_table(report))
     sp = ", ".join(f"{k} {v:.2f}x" for k, v in report.speedups().items())
     print(f"predicted speedup of the chosen plan: {sp} (latency model: device {_source(model.device.source)}, edge {_source(model.edge.source)})")
     print(f"link: {describe_link(model)}")
+    if answer is not None:
+        pruned = sum(1 for r in ratios.values() if r > 0)
+        print(f"learned policy {answer['policy']}: answered in {answer['answer_ms']:.1f} ms; {pruned} prune groups pruned "
+              f"(predicted MACs {priced.total_macs / 1e6:.1f} M of {graph.total_macs / 1e6:.1f} M; compiling prunes, fine-tunes and checks accuracy)")
     return 0
 
 

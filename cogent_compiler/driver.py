@@ -26,11 +26,11 @@ from cogent_compiler.policy import Plan, PlanReport, baseline_plans, plan_min_cu
 from cogent_compiler.runtime.manifest import Manifest
 
 __all__ = ["CompileOptions", "CompileResult", "check_output_folder", "choose_plan", "compile", "describe_link", "latency_model_for", "link_settings",
-           "plan_conditions", "PLANNERS"]
+           "plan_conditions", "prune_stage", "rl_stage", "unpruned_baselines", "PLANNERS"]
 
 log = logging.getLogger(__name__)
 
-PLANNERS = ("single-cut", "mincut", "device", "edge")
+PLANNERS = ("single-cut", "mincut", "device", "edge", "rl")
 Progress = Callable[[str, str], None]
 
 
@@ -90,6 +90,10 @@ class CompileOptions:
     #: fine-tuning budget after pruning (neither: 300 steps)
     finetune_steps: int | None = None
     finetune_time_s: float | None = None
+    #: ``--planner rl``: a trained policy file to answer with (``None``: train one, cached by model and conditions)
+    policy: str | None = None
+    #: steps of TD3 training when a policy is trained
+    rl_timesteps: int = 3000
 
 
 @dataclass(frozen=True)
@@ -192,8 +196,17 @@ def describe_link(model: LatencyModel) -> str:
 
 def plan_conditions(device: TargetSpec, edge: TargetSpec, options: CompileOptions) -> dict[str, str]:
     """What the plan report shows beside the latency model's figures: the targets and how the plan was chosen."""
-    planner = f"forced cut --cut {','.join(options.cut)}" if options.cut else options.planner
+    planner = f"forced cut --cut {','.join(options.cut)}" if options.cut and options.planner != "rl" else options.planner
+    if options.planner == "rl":
+        planner = f"rl: learned policy ({options.policy or 'trained for this model'})"
     return {"device target": device.label, "edge target": edge.label, "planner": planner}
+
+
+def unpruned_baselines(graph: Graph, model: LatencyModel) -> dict[str, Plan]:
+    """Device-only, edge-only and the best single cut of the unpruned ``graph``: what a pruned plan is compared with."""
+    base = baseline_plans(graph, model)
+    base["single_cut"] = dataclasses.replace(plan_single_cut(graph, model).chosen, name="single_cut")
+    return base
 
 
 def choose_plan(graph: Graph, model: LatencyModel, planner: str, cut: tuple[str, ...] = ()) -> PlanReport:
@@ -202,10 +215,12 @@ def choose_plan(graph: Graph, model: LatencyModel, planner: str, cut: tuple[str,
         return plan_single_cut(graph, model)
     if not cut and planner == "mincut":
         return plan_min_cut(graph, model)
+    if not cut and planner == "rl":
+        raise PlanError("the rl planner answers with prune ratios and a cut (driver.rl_stage); pass its cut here")
     if not cut and planner not in ("device", "edge"):
         raise PlanError(f"planner {planner!r} is unknown; use one of {', '.join(PLANNERS)}")
     base = baseline_plans(graph, model)
-    chosen = Plan.score("manual", graph, tuple(cut), model) if cut else base[f"{planner}_only"]
+    chosen = Plan.score("rl" if planner == "rl" else "manual", graph, tuple(cut), model) if cut else base[f"{planner}_only"]
     return PlanReport(graph.name, chosen, base, (), model.to_json())
 
 
@@ -295,6 +310,67 @@ def _num_classes(graph: Graph) -> int:
     return int(shape[-1])
 
 
+def rl_stage(graph: Graph, options: CompileOptions, data: Any, device_t: TargetSpec, edge_t: TargetSpec,
+             say: Progress) -> tuple[dict[str, float], tuple[str, ...], dict[str, Any]]:
+    """``--planner rl``: the learned policy's prune ratios and cut for the options' conditions.
+
+    Loads ``options.policy`` or trains a TD3 policy in the model's plan space
+    (cached under ``~/.cache/cogent/policies`` by model, compute models, data
+    and agent settings, so a second compile answers at once; training resumes
+    if interrupted).  Without data the policy may only choose the cut (no
+    data, no pruning).  Returns (ratios, cut, info).
+    """
+    import hashlib
+    import os
+
+    from cogent_compiler.passes.prune_groups import PruneAnalysis, prune_groups_of
+    from cogent_compiler.policy.rl import AgentConfig, LearnedPolicy, train_policy
+    from cogent_compiler.policy.space import AccuracyOracle, Conditions, PlanSpace
+
+    lat = latency_model_for(device_t, edge_t, options)
+    folded = PassManager([FoldBatchNorm()]).run(graph).graph if options.fold_batch_norm else graph
+    analysis = prune_groups_of(folded) if folded.module is not None else PruneAnalysis(())
+    oracle = None
+    if data is not None or options.data is not None:
+        dataset = data
+        if dataset is None:
+            from cogent_compiler.accuracy.data import load_data
+
+            dataset = load_data(options.data, graph.inputs[0].shape, _num_classes(graph), input_dtype=graph.inputs[0].dtype)  # type: ignore[arg-type]
+        if not _is_dataset(dataset):
+            raise PlanError("--planner rl measures accuracy on a Dataset (--data or the Python API's load_data / from_loader); "
+                            "an evaluation function cannot fine-tune the candidates")
+        oracle = AccuracyOracle(folded, dataset)
+    else:
+        say("rl", "no data: the policy chooses the cut only (no data, no pruning)")
+    space = PlanSpace(folded, analysis, lat.device, lat.edge, oracle, transfer_dtype=options.transfer_dtype)
+    if options.policy:
+        policy = LearnedPolicy.load(options.policy)
+    else:
+        cfg = AgentConfig(timesteps=options.rl_timesteps)
+        ident = json.dumps([graph.name, space.groups, space.cuts, lat.device.to_json(), lat.edge.to_json(), options.data,
+                            dataclasses.asdict(cfg), options.transfer_dtype], sort_keys=True, default=str)
+        root = Path(os.environ.get("COGENT_POLICIES", Path.home() / ".cache" / "cogent" / "policies"))
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / f"{graph.name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.zip"
+        if path.exists():
+            policy = LearnedPolicy.load(path)
+            say("rl", f"policy from the cache: {path}")
+        else:
+            say("rl", f"training a TD3 policy: {cfg.timesteps} steps over bandwidth, RTT, edge load and device speed ({len(space.groups)} "
+                f"prune groups, {len(space.cuts)} cuts)")
+            policy = train_policy(space, cfg, path, progress_bar=False,
+                                  callback=lambda step, r: say("rl", f"step {step}/{cfg.timesteps}: mean reward {r:.3f}") or True)
+            say("rl", f"trained in {policy.info['train_s']:.0f}s ({policy.info['accuracy_evaluations']} plans measured for accuracy); "
+                f"saved {path}")
+    c = Conditions(options.bandwidth_bps / 1e6, options.rtt_s * 1e3, options.edge_load, 1.0, options.max_accuracy_drop)
+    ratios, cut, info = policy.answer(space, c)
+    say("rl", f"answered in {info['answer_ms']:.1f} ms: {sum(1 for r in ratios.values() if r > 0)} groups pruned, cut at {', '.join(cut)} "
+        f"(predicted {info['latency_ms']:.1f} ms)")
+    return ratios, cut, {"answer_ms": info["answer_ms"], "policy": options.policy or str(path), "conditions": c.to_json(),
+                         "predicted_ms": info["latency_ms"], "policy_info": policy.info, "priced_graph": space.pruned(ratios)}
+
+
 def check_output_folder(out: Path) -> None:
     """Refuse to overwrite a folder that is neither empty nor a previous bundle."""
     if out.exists() and not out.is_dir():
@@ -340,7 +416,16 @@ def compile(
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
 
+    rl_info = None
+    if options.planner == "rl" and not options.cut:
+        t = time.perf_counter()
+        ratios, rl_cut, rl_info = rl_stage(graph, options, data, device_t, edge_t, say)
+        rl_info.pop("priced_graph")
+        options = dataclasses.replace(options, prune=0.0, prune_ratios=ratios, cut=rl_cut)
+        timings["rl"] = time.perf_counter() - t
+
     t = time.perf_counter()
+    unpruned = graph
     graph, accuracy = prune_stage(graph, options, data, say)
     timings["prune"] = time.perf_counter() - t
 
@@ -355,8 +440,11 @@ def compile(
     t = time.perf_counter()
     lat = latency_model_for(device_t, edge_t, options)
     report = choose_plan(graph, lat, options.planner, options.cut)
-    if accuracy and accuracy["ratios"]:  # the chosen plan carries the ratios the shipped model was pruned by
-        report = dataclasses.replace(report, chosen=dataclasses.replace(report.chosen, prune_ratios=accuracy["ratios"]))
+    if graph.total_macs != unpruned.total_macs:
+        # the chosen plan carries the ratios the shipped model was pruned by; the baselines are the *unpruned* model's
+        folded = PassManager([FoldBatchNorm()]).run(unpruned).graph if options.fold_batch_norm else unpruned
+        report = dataclasses.replace(report, chosen=dataclasses.replace(report.chosen, prune_ratios=accuracy["ratios"] if accuracy else {}),
+                                     baselines=unpruned_baselines(folded, lat))
     c = report.chosen
     say("plan", f"{c.name if options.cut else options.planner}: cut at {', '.join(c.cut)} — predicted {c.predicted.total_ms:.1f} ms "
         f"(device {c.predicted.device_ms:.1f} + transfer {c.predicted.transfer_ms:.1f} + edge {c.predicted.edge_ms:.1f}; "
@@ -413,7 +501,7 @@ def compile(
             encodings=c.encodings if tail else None,
         )
         write_compose(staging, model=graph.name, edge_device=edge_t.device, base_image=options.base_image)
-        plan_doc = {**report.to_json(), "accuracy": accuracy,
+        plan_doc = {**report.to_json(), "accuracy": accuracy, "policy": rl_info,
                     "build": {"source": dict(source or {}), "options": dataclasses.asdict(options), "backends": backends}}
         (staging / "plan.json").write_text(json.dumps(plan_doc, indent=2) + "\n")
         write_report(report, staging, model_name=graph.name, conditions=plan_conditions(device_t, edge_t, options), accuracy=accuracy)

@@ -87,12 +87,16 @@ def fold_batch_norm_program(ep: Any, inputs: Any) -> tuple[Any, int]:
             scale = gamma / torch.sqrt(var + eps)
             new_w = (w * scale.reshape(-1, *([1] * (w.dim() - 1)))).contiguous()
             new_b = (b - mean) * scale + beta
+        # the folded weights live beside the convolution's own, so the IR keeps naming its layer (prune groups use it)
+        owner_path = str(w_node.target).rpartition(".")[0]
+        owner = gm.get_submodule(owner_path) if owner_path else gm
         stem = f"cogent_folded_{folded}"
-        gm.register_parameter(f"{stem}_weight", torch.nn.Parameter(new_w, requires_grad=False))
-        gm.register_parameter(f"{stem}_bias", torch.nn.Parameter(new_b, requires_grad=False))
+        owner.register_parameter(f"{stem}_weight", torch.nn.Parameter(new_w, requires_grad=False))
+        owner.register_parameter(f"{stem}_bias", torch.nn.Parameter(new_b, requires_grad=False))
+        prefix = f"{owner_path}." if owner_path else ""
         with graph.inserting_before(conv):
-            nw = graph.get_attr(f"{stem}_weight")
-            nb = graph.get_attr(f"{stem}_bias")
+            nw = graph.get_attr(f"{prefix}{stem}_weight")
+            nb = graph.get_attr(f"{prefix}{stem}_bias")
         args = list(conv.args)
         while len(args) < 3:
             args.append(None)

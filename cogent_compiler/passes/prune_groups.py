@@ -49,7 +49,9 @@ class PruneGroup:
     ``name`` is the root layer's module path; ``members`` every layer with
     parameters that loses channels with it (output channels, or input channels
     for the layers that read them); ``channels`` how many the group has;
-    ``nodes`` the IR nodes (convolutions, linear layers) among the members.
+    ``nodes`` the IR nodes (convolutions, linear layers) among the members;
+    ``shrinks`` the members whose *output* channels go (the others lose
+    input channels: they read the group's tensors).
     """
 
     name: str
@@ -57,10 +59,11 @@ class PruneGroup:
     channels: int
     criterion: str = CRITERION
     nodes: tuple[str, ...] = ()
+    shrinks: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "channels": self.channels, "criterion": self.criterion, "members": list(self.members),
-                "nodes": list(self.nodes)}
+                "nodes": list(self.nodes), "shrinks": list(self.shrinks)}
 
 
 @dataclass(frozen=True)
@@ -159,9 +162,11 @@ def find_prune_groups(module: torch.nn.Module, inputs: Sequence[torch.Tensor], g
         root = g[0].dep.target.module
         members = list(dict.fromkeys(_member(d.target.module, names, owner) for d, _ in g))
         members = [m for m in members if m]
+        shrinks = [m for m in dict.fromkeys(_member(d.target.module, names, owner) for d, _ in g
+                                            if getattr(d.handler, "__name__", "") == "prune_out_channels") if m]
         covered.update(members)
         nodes = tuple(n for m in members for n in by_module.get(m, ()))
-        groups.append(PruneGroup(names[root], tuple(members), len(g[0].idxs), nodes=nodes))
+        groups.append(PruneGroup(names[root], tuple(members), len(g[0].idxs), nodes=nodes, shrinks=tuple(shrinks)))
     left_out = {}
     for m, n in names.items():
         if n in ran and n not in covered and n != output_layer and any(True for _ in m.parameters(recurse=False)):

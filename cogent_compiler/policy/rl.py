@@ -1,0 +1,200 @@
+"""The learned policy: a TD3 agent (stable-baselines3) trained in ``PruneCutEnv``, saved as a file, answering new conditions.
+
+Why TD3: the actions are continuous (a prune ratio per group, a position
+along the cuts), which rules out DQN and makes DDPG -- AMC's choice -- the
+natural family; TD3 is DDPG with the three fixes that make it train
+reliably (two critics and the smaller of their estimates against
+over-estimation, delayed actor updates, smoothed target actions), at the
+same cost.  PPO/SAC would also handle continuous actions, but the episode
+reward here comes from an expensive accuracy oracle, and off-policy replay
+reuses every measured plan many times.
+
+Training (``train_policy``) shows a progress bar, checkpoints the agent and
+its replay buffer every ``checkpoint_every`` steps into a work folder, and
+resumes from the last checkpoint when run again.  The *policy file* it
+writes (``policy.zip``) holds only what answering needs -- the actor's
+weights as a NumPy archive (no pickle: a shared policy file never runs code
+when loaded) and JSON describing the model it was trained for (its prune
+groups and cuts) and the conditions it was trained over -- and
+``LearnedPolicy`` answers with NumPy alone, in well under a millisecond per
+step.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cogent_compiler.errors import PlanError
+from cogent_compiler.policy.env import OBS_SIZE, PruneCutEnv
+from cogent_compiler.policy.space import ConditionRanges, Conditions, PlanSpace
+
+__all__ = ["AgentConfig", "LearnedPolicy", "POLICY_FORMAT", "train_policy"]
+
+log = logging.getLogger(__name__)
+
+POLICY_FORMAT = "cogent-policy/1"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """TD3's hyperparameters (what Optuna tunes) and the training length."""
+
+    timesteps: int = 3000
+    learning_rate: float = 1e-3
+    noise_sigma: float = 0.4
+    buffer_size: int = 50_000
+    gamma: float = 0.99
+    #: steps of random actions before learning starts (warm-up)
+    learning_starts: int = 300
+    width: int = 64
+    batch_size: int = 64
+    seed: int = 0
+
+
+def _agent(env: Any, cfg: AgentConfig) -> Any:
+    from stable_baselines3 import TD3
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    noise = NormalActionNoise(np.zeros(1), np.full(1, cfg.noise_sigma))
+    return TD3("MlpPolicy", env, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size, gamma=cfg.gamma,
+               learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, action_noise=noise, seed=cfg.seed,
+               policy_kwargs={"net_arch": [cfg.width, cfg.width]}, verbose=0, device="cpu")
+
+
+def train_policy(space: PlanSpace, cfg: AgentConfig, out: str | Path, *, ranges: ConditionRanges | None = None,
+                 work: str | Path | None = None, progress_bar: bool = False, checkpoint_every: int = 500,
+                 callback: Callable[[int, float], bool] | None = None) -> LearnedPolicy:
+    """Train TD3 in ``PruneCutEnv(space, ranges)`` for ``cfg.timesteps`` steps; write the policy file ``out``.
+
+    ``work`` (default ``out`` + ``.train``) keeps checkpoints of the agent and
+    its replay buffer (trusted files of this machine); a run that finds one
+    resumes from it.  ``callback(step, mean_reward)``, called every
+    ``checkpoint_every`` steps, may return ``False`` to stop (Optuna's pruning).
+    """
+    from stable_baselines3 import TD3
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.monitor import Monitor
+
+    ranges = ranges or ConditionRanges()
+    out = Path(out)
+    work = Path(work) if work else out.with_name(out.name + ".train")
+    work.mkdir(parents=True, exist_ok=True)
+    env = Monitor(PruneCutEnv(space, ranges))
+    env.reset(seed=cfg.seed)
+    ckpt, buf = work / "agent.zip", work / "replay.pkl"
+    meta = work / "config.json"
+    if ckpt.exists() and buf.exists() and meta.exists() and json.loads(meta.read_text()) == asdict(cfg):
+        agent = TD3.load(ckpt, env=env, device="cpu")
+        agent.load_replay_buffer(buf)
+        log.info("resuming training at step %d of %d", agent.num_timesteps, cfg.timesteps)
+    else:
+        agent = _agent(env, cfg)
+        meta.write_text(json.dumps(asdict(cfg)))
+
+    class Every(BaseCallback):  # type: ignore[misc]
+        def _on_step(self) -> bool:
+            if self.num_timesteps % checkpoint_every:
+                return True
+            self.model.save(ckpt)
+            self.model.save_replay_buffer(buf)
+            rewards = [e["r"] for e in list(self.model.ep_info_buffer)[-20:]]
+            mean = float(np.mean(rewards)) if rewards else float("nan")
+            return callback(self.num_timesteps, mean) if callback is not None else True
+
+    t0 = time.perf_counter()
+    left = cfg.timesteps - agent.num_timesteps
+    if left > 0:
+        agent.learn(total_timesteps=left, progress_bar=progress_bar, reset_num_timesteps=False, callback=Every())
+        agent.save(ckpt)
+        agent.save_replay_buffer(buf)
+    policy = LearnedPolicy.from_agent(agent, space, ranges, cfg, train_s=time.perf_counter() - t0)
+    policy.save(out)
+    return policy
+
+
+@dataclass(frozen=True)
+class LearnedPolicy:
+    """A trained actor and the plan space it was trained for; ``answer`` rolls it out for given conditions."""
+
+    model: str
+    groups: tuple[str, ...]
+    cuts: tuple[tuple[str, ...], ...]
+    max_ratio: float
+    weights: tuple[tuple[np.ndarray, np.ndarray], ...]
+    info: dict[str, Any]
+
+    @classmethod
+    def from_agent(cls, agent: Any, space: PlanSpace, ranges: ConditionRanges, cfg: AgentConfig, train_s: float) -> LearnedPolicy:
+        sd = agent.policy.actor.state_dict()
+        layers = sorted({k.rsplit(".", 1)[0] for k in sd if k.startswith("mu.")}, key=lambda k: int(k.split(".")[1]))
+        weights = tuple((sd[f"{k}.weight"].detach().numpy().copy(), sd[f"{k}.bias"].detach().numpy().copy()) for k in layers)
+        info = {"agent": "TD3 (stable-baselines3)", "config": asdict(cfg), "ranges": asdict(ranges), "timesteps": int(agent.num_timesteps),
+                "train_s": round(train_s, 1), "accuracy_evaluations": space.accuracy.evaluations if space.accuracy else 0}
+        return cls(space.graph.name, space.groups, space.cuts, space.max_ratio, weights, info)
+
+    def act(self, obs: np.ndarray) -> float:
+        x = obs.astype(np.float32)
+        for i, (w, b) in enumerate(self.weights):
+            x = x @ w.T + b
+            x = np.tanh(x) if i == len(self.weights) - 1 else np.maximum(x, 0.0)
+        return float(x[0])
+
+    def answer(self, space: PlanSpace, conditions: Conditions) -> tuple[dict[str, float], tuple[str, ...], dict[str, Any]]:
+        """(ratios, cut, info) for ``conditions``: the deterministic rollout of the actor in ``space``.
+
+        Accuracy is not measured here (that would take seconds); ``prune_within_budget``
+        checks the answer's ratios against the budget when the compile prunes.
+        """
+        self.check(space)
+        env = PruneCutEnv(space, measure_accuracy=False)
+        obs, _ = env.reset(options={"conditions": conditions})
+        t0 = time.perf_counter()
+        done = False
+        info: dict[str, Any] = {}
+        while not done:
+            obs, _, done, _, info = env.step(np.array([self.act(obs)], np.float32))
+        info["answer_ms"] = (time.perf_counter() - t0) * 1e3
+        return dict(info["ratios"]), tuple(info["cut"]), info
+
+    def check(self, space: PlanSpace) -> None:
+        """Refuse a space the policy was not trained for (another model, other groups or cuts)."""
+        if tuple(space.groups) != self.groups or tuple(space.cuts) != self.cuts:
+            raise PlanError(f"this policy was trained for {self.model!r} with {len(self.groups)} prune groups and {len(self.cuts)} cuts; "
+                            f"the model here ({space.graph.name!r}) has {len(space.groups)} and {len(space.cuts)}: train one for it "
+                            "(cogentc MODEL --planner rl)")
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        doc = {"format": POLICY_FORMAT, "model": self.model, "groups": list(self.groups), "cuts": [list(c) for c in self.cuts],
+               "max_ratio": self.max_ratio, "obs_size": OBS_SIZE, "layers": len(self.weights), "info": self.info}
+        arrays = io.BytesIO()
+        np.savez(arrays, **{f"w{i}": w for i, (w, _) in enumerate(self.weights)}, **{f"b{i}": b for i, (_, b) in enumerate(self.weights)})
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("policy.json", json.dumps(doc, indent=1))
+            z.writestr("actor.npz", arrays.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LearnedPolicy:
+        """Read a policy file (JSON and a NumPy archive: nothing in it is executed)."""
+        try:
+            with zipfile.ZipFile(path) as z:
+                doc = json.loads(z.read("policy.json"))
+                arrays = np.load(io.BytesIO(z.read("actor.npz")), allow_pickle=False)
+                if doc.get("format") != POLICY_FORMAT or int(doc.get("obs_size", -1)) != OBS_SIZE:
+                    raise ValueError(f"format {doc.get('format')!r}, observation size {doc.get('obs_size')}")
+                weights = tuple((arrays[f"w{i}"], arrays[f"b{i}"]) for i in range(int(doc["layers"])))
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+            raise PlanError(f"{path}: not a policy written by this cogentc ({e}); train one with `cogentc MODEL --planner rl`") from e
+        return cls(str(doc["model"]), tuple(doc["groups"]), tuple(tuple(c) for c in doc["cuts"]), float(doc["max_ratio"]), weights,
+                   dict(doc.get("info", {})))

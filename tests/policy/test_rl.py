@@ -1,0 +1,152 @@
+"""The learned policy: a valid gymnasium environment, a TD3 agent that learns, a policy file that loads without pickle."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+from torch import nn
+
+from cogent_compiler.accuracy import finetune, load_data
+from cogent_compiler.cost import ComputeModel
+from cogent_compiler.errors import PlanError
+from cogent_compiler.frontend import from_module, trace
+from cogent_compiler.passes import FoldBatchNorm, prune_groups_of
+from cogent_compiler.passes.prune_groups import PruneAnalysis
+from cogent_compiler.policy.env import PruneCutEnv
+from cogent_compiler.policy.rl import AgentConfig, LearnedPolicy, train_policy
+from cogent_compiler.policy.space import AccuracyOracle, ConditionRanges, Conditions, PlanSpace
+
+
+@pytest.fixture(scope="module")
+def digits_space():
+    """A small CNN trained on digits, its prune groups, an accuracy oracle, and a slow device beside a fast edge."""
+    data = load_data("digits", (1, 1, 16, 16), 10)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64 * 16, 10))
+    finetune(model, data, steps=150)
+    graph = FoldBatchNorm()(trace(from_module(model.eval(), (torch.from_numpy(data.x_val[:1]),), name="digits_cnn")))
+    oracle = AccuracyOracle(graph, data, finetune_steps=0, val_samples=200)
+    space = PlanSpace(graph, prune_groups_of(graph), ComputeModel("device", 0.05), ComputeModel("edge", 50.0), oracle)
+    space.data = data  # type: ignore[attr-defined]  # for the test that builds a fine-tuning oracle of its own
+    return space
+
+
+def test_the_environment_passes_gymnasiums_checker(digits_space):
+    env = PruneCutEnv(digits_space)
+    check_env(env, skip_render_check=True)
+    obs, info = env.reset(seed=0, options={"conditions": Conditions(bandwidth_mbps=5.0)})
+    assert obs.shape == env.observation_space.shape and info["conditions"]["bandwidth_mbps"] == 5.0
+    steps, done = 0, False
+    while not done:
+        obs, reward, done, _, info = env.step(np.array([0.0], np.float32))
+        steps += 1
+    assert steps == len(digits_space.groups) == 2  # one per prune group; the cut follows exactly
+    assert reward < 0 and info["ratios"] == {g: pytest.approx(0.35) for g in digits_space.groups}
+    assert info["latency_ms"] == pytest.approx(-reward * info["device_only_ms"]) or not info["feasible"]
+    cut, best = digits_space.best_cut(info["ratios"], Conditions(bandwidth_mbps=5.0))
+    assert info["cut"] == cut and info["latency_ms"] == pytest.approx(best.total_ms)
+
+
+def test_an_over_budget_plan_is_penalised(digits_space):
+    env = PruneCutEnv(digits_space)
+    env.reset(options={"conditions": Conditions(max_drop=0.0)})
+    for _ in digits_space.groups:  # prune 70 % of every group, no fine-tuning: accuracy falls
+        _, reward, _, _, info = env.step(np.array([1.0], np.float32))
+    assert not info["feasible"] and info["accuracy"] < digits_space.accuracy.baseline
+    assert reward < -1.0  # worse than running the unpruned model on the device
+
+
+def _cut_only_space() -> PlanSpace:
+    """No data: nothing may be pruned, the policy chooses only the cut (device much slower than edge)."""
+    from cogent_compiler.frontend import from_module as fm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16 * 32 * 32, 10)).eval()
+    graph = FoldBatchNorm()(trace(fm(model, (torch.rand(1, 3, 32, 32),), name="cut_only")))
+    return PlanSpace(graph, PruneAnalysis(()), ComputeModel("device", 0.2), ComputeModel("edge", 100.0), None, transfer_dtype="float32")
+
+
+def test_td3_learns_to_prune_where_it_pays(digits_space, tmp_path):
+    """Over a 0.1-0.3 Mbit/s link even the input is slow to send: the agent learns to prune and run on the device."""
+    oracle = AccuracyOracle(digits_space.graph, digits_space.data, finetune_steps=10, val_samples=200)
+    space = PlanSpace(digits_space.graph, digits_space.analysis, digits_space.device, digits_space.edge, oracle)
+    ranges = ConditionRanges(bandwidth_mbps=(0.1, 0.3), rtt_ms=(1.0, 1.0), edge_load=(1.0, 1.0), device_scale=(1.0, 1.0))
+    policy = train_policy(space, AgentConfig(timesteps=600, learning_starts=100, seed=0), tmp_path / "policy.zip", ranges=ranges,
+                          checkpoint_every=200)
+    loaded = LearnedPolicy.load(tmp_path / "policy.zip")
+    c = Conditions(bandwidth_mbps=0.2, rtt_ms=1.0)
+    ratios, cut, info = loaded.answer(space, c)
+    _, unpruned = space.best_cut({}, c)
+    ok, acc = space.feasible(ratios, c)
+    assert ok and oracle.baseline - acc <= c.max_drop
+    assert info["latency_ms"] < 0.6 * unpruned.total_ms, (ratios, cut, info["latency_ms"], unpruned.total_ms)
+    assert info["answer_ms"] < 100
+    assert loaded.weights[0][0].shape == policy.weights[0][0].shape and loaded.info["timesteps"] == 600
+    assert 0 < loaded.info["accuracy_evaluations"] <= 600
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path, digits_space):
+    space = _cut_only_space()
+    cfg = AgentConfig(timesteps=300, learning_starts=50)
+    train_policy(space, cfg, tmp_path / "p.zip", checkpoint_every=100)
+    steps = []
+    train_policy(space, AgentConfig(timesteps=300, learning_starts=50), tmp_path / "p.zip", checkpoint_every=100,
+                 callback=lambda step, _: steps.append(step) or True)
+    assert steps == []  # already done: nothing to train again
+    assert LearnedPolicy.load(tmp_path / "p.zip").info["timesteps"] == 300
+
+
+def test_a_policy_file_is_data_and_checked(tmp_path, digits_space):
+    space = _cut_only_space()
+    policy = train_policy(space, AgentConfig(timesteps=100, learning_starts=50), tmp_path / "p.zip")
+    with zipfile.ZipFile(tmp_path / "p.zip") as z:
+        assert sorted(z.namelist()) == ["actor.npz", "policy.json"]
+    with pytest.raises(PlanError, match="trained for 'cut_only' with 0 prune groups"):
+        policy.answer(digits_space, Conditions())
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(PlanError, match="not a policy written by this cogentc"):
+        LearnedPolicy.load(tmp_path / "bad.zip")
+
+
+def test_cogentc_plans_and_compiles_with_a_policy(tmp_path, monkeypatch, capsys):
+    import json
+
+    from cogent_compiler.cli import main
+
+    monkeypatch.setenv("COGENT_POLICIES", str(tmp_path / "policies"))
+    common = ["tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--planner", "rl", "--data", "digits",
+              "--device-gmacs", "0.05", "--edge-gmacs", "50", "-q"]
+    assert main(["plan", *common, "--rl-steps", "100", "--bandwidth", "1mbit", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    (trained,) = (tmp_path / "policies").glob("tiny_cnn-*.zip")
+    assert first["chosen"]["name"] == "rl" and first["policy"]["policy"] == str(trained)
+    assert set(first["baselines"]) == {"device_only", "edge_only", "single_cut"}
+    # a trained policy answers new conditions without training
+    assert main(["plan", *common, "--policy", str(trained), "--bandwidth", "7mbit", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["policy"]["answer_ms"] < 100 and again["policy"]["conditions"]["bandwidth_mbps"] == 7.0
+    assert main([*common, "--policy", str(trained), "--bandwidth", "7mbit", "--backend", "tvm", "--no-tunedb",
+                 "--finetune-steps", "10", "-o", str(tmp_path / "out")]) == 0
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan["chosen"]["name"] == "rl" and plan["policy"]["policy"] == str(trained)
+    assert plan["conditions"] and "rl: learned policy" in (tmp_path / "out" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("method", ["uniform", "random", "optuna"])
+def test_search_baselines_spend_their_budget_and_never_lose_to_partitioning_alone(digits_space, method):
+    from cogent_compiler.policy.search import SEARCHERS
+
+    c = Conditions(bandwidth_mbps=0.2, rtt_ms=1.0, max_drop=0.05)
+    result = SEARCHERS[method](digits_space, c, 12, 0)
+    _, unpruned = digits_space.best_cut({}, c)
+    assert result.evaluations == 12 and result.latency_ms <= unpruned.total_ms
+    ok, acc = digits_space.feasible(result.ratios, c)
+    assert ok and acc == result.accuracy
+    assert result.latency_ms == pytest.approx(digits_space.price(result.ratios, result.cut, c).total_ms)
+    assert result.to_json()["evaluations"] == 12
