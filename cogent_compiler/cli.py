@@ -7,6 +7,7 @@
     cogentc profile --target llvm -o dev.json    measure this machine into a profile (``--device-profile``)
     cogentc profile --peer HOST:PORT -o link.json  measure the link to an edge (``--link-profile``)
     cogentc profile --target arm --rpc HOST:PORT:KEY -o arm.json  measure a board through a TVM RPC tracker
+    cogentc tune MODEL --storage URL --study NAME  one Optuna worker tuning the learned policy's agent
 
 Progress goes to stderr, results to stdout (``--json`` for machines).  A
 failure prints one line naming the problem and exits non-zero.
@@ -27,7 +28,7 @@ from cogent_compiler.errors import CogentError
 
 __all__ = ["main"]
 
-COMMANDS = ("compile", "inspect", "plan", "bench", "tunedb", "profile")
+COMMANDS = ("compile", "inspect", "plan", "bench", "tunedb", "profile", "tune")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
@@ -134,6 +135,21 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--only", metavar="OPS", help="measure only these op kinds, e.g. conv2d,linear")
         _add_output_args(p, "print a summary as JSON on stdout")
         return p
+    if command == "tune":
+        p = argparse.ArgumentParser(
+            prog="cogentc tune",
+            description="Tune the learned policy's agent (TD3) with Optuna: each trial trains a policy for MODEL and scores it over "
+            "sampled conditions; bad trials are pruned early. Runs one worker; start more, here or on other machines, with the same "
+            "--storage (a PostgreSQL URL) and --study to tune one study together. optuna-dashboard STORAGE shows it.",
+        )
+        _add_model_args(p)
+        _add_plan_args(p)
+        p.add_argument("--storage", default="sqlite:///cogent-tune.db", metavar="URL",
+                       help="Optuna storage: sqlite:///FILE (default sqlite:///cogent-tune.db) or any SQLAlchemy URL, e.g. postgresql://user@host/db")
+        p.add_argument("--study", default="cogent", metavar="NAME", help="study name (created if new, joined if it exists; default cogent)")
+        p.add_argument("--trials", type=int, default=10, metavar="N", help="trials this worker runs (default 10)")
+        p.add_argument("-o", "--output", metavar="FILE", help="write the best policy of this worker's trials here (policy.zip)")
+        return p
     if command == "plan":
         p = argparse.ArgumentParser(prog="cogentc plan", description="Score every single-tensor cut with the latency model and print them beside device-only and edge-only.")
         _add_model_args(p)
@@ -144,7 +160,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cogentc",
         description="Compile a model into a device half and an edge half that run together over a network.",
-        epilog="other commands: cogentc inspect MODEL, cogentc plan MODEL, cogentc profile, cogentc bench BUNDLE, cogentc tunedb (each has --help)",
+        epilog="other commands: cogentc inspect MODEL, cogentc plan MODEL, cogentc profile, cogentc bench BUNDLE, cogentc tunedb, "
+               "cogentc tune MODEL (each has --help)",
     )
     _add_model_args(p)
     _add_plan_args(p)
@@ -217,7 +234,7 @@ def _options(args: argparse.Namespace) -> Any:
         if path:
             load_profile(path, expect_target=resolve_target(t).label)
     extra = {}
-    if hasattr(args, "output"):
+    if hasattr(args, "base_image"):  # the compile command's own flags
         extra = {"base_image": args.base_image, "fold_batch_norm": not args.no_fold_batch_norm, "backend": args.backend,
                  "tune_budget_s": parse_duration(args.tune_budget) if args.tune_budget else 0.0,
                  "tunedb": args.tunedb, "use_tunedb": not args.no_tunedb,
@@ -264,6 +281,34 @@ def _parse_ratios(text: str | None) -> dict[str, float]:
         except ValueError:
             raise CogentError(f"--prune-ratios {item!r}: expected GROUP=RATIO such as layer1.0.conv1=0.5") from None
     return out
+
+
+def _cmd_tune(args: argparse.Namespace, say: _Progress) -> int:
+    from cogent_compiler.backends import resolve_target
+    from cogent_compiler.driver import plan_space
+    from cogent_compiler.policy.rl import AgentConfig
+    from cogent_compiler.policy.tune import tune_agent
+
+    if args.trials < 1:
+        raise CogentError(f"--trials {args.trials}: give at least one trial")
+    options = _options(args)
+    graph = _load(args, say)
+    space = plan_space(graph, options, None, resolve_target(options.device_target), resolve_target(options.edge_target), say)
+    study = tune_agent(space, storage=args.storage, study=args.study, trials=args.trials, base=AgentConfig(timesteps=options.rl_timesteps),
+                       out=args.output, say=lambda msg: say("tune", msg))
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    summary = {"study": args.study, "storage": args.storage, "trials": len(study.trials), "complete": len(done),
+               "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+               "best": {"score": study.best_value, "params": study.best_params, "trial": study.best_trial.number} if done else None,
+               "policy": args.output}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif done:
+        print(f"study {args.study}: {len(study.trials)} trials ({summary['pruned']} pruned); best score {study.best_value:.4f} "
+              f"(1.0 = device-only) with {study.best_params}")
+    else:
+        print(f"study {args.study}: {len(study.trials)} trials, none complete yet")
+    return 0
 
 
 def _cmd_inspect(args: argparse.Namespace, say: _Progress) -> int:
@@ -525,6 +570,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, _Progress], int]] = {
     "compile": _cmd_compile,
     "inspect": _cmd_inspect,
     "plan": _cmd_plan,
+    "tune": _cmd_tune,
 }
 
 

@@ -26,7 +26,7 @@ from cogent_compiler.policy import Plan, PlanReport, baseline_plans, plan_min_cu
 from cogent_compiler.runtime.manifest import Manifest
 
 __all__ = ["CompileOptions", "CompileResult", "check_output_folder", "choose_plan", "compile", "describe_link", "latency_model_for", "link_settings",
-           "plan_conditions", "prune_stage", "rl_stage", "unpruned_baselines", "PLANNERS"]
+           "plan_conditions", "plan_space", "prune_stage", "rl_stage", "unpruned_baselines", "PLANNERS"]
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +310,34 @@ def _num_classes(graph: Graph) -> int:
     return int(shape[-1])
 
 
+def plan_space(graph: Graph, options: CompileOptions, data: Any, device_t: TargetSpec, edge_t: TargetSpec, say: Progress) -> Any:
+    """The learned policy's ``PlanSpace`` for ``graph`` under ``options``: its prune groups, cuts, compute models and accuracy oracle.
+
+    Without data (``data`` and ``options.data`` both ``None``) the space has
+    no accuracy oracle and the policy may only choose the cut.
+    """
+    from cogent_compiler.passes.prune_groups import PruneAnalysis, prune_groups_of
+    from cogent_compiler.policy.space import AccuracyOracle, PlanSpace
+
+    lat = latency_model_for(device_t, edge_t, options)
+    folded = PassManager([FoldBatchNorm()]).run(graph).graph if options.fold_batch_norm else graph
+    analysis = prune_groups_of(folded) if folded.module is not None else PruneAnalysis(())
+    oracle = None
+    if data is not None or options.data is not None:
+        dataset = data
+        if dataset is None:
+            from cogent_compiler.accuracy.data import load_data
+
+            dataset = load_data(options.data, graph.inputs[0].shape, _num_classes(graph), input_dtype=graph.inputs[0].dtype)  # type: ignore[arg-type]
+        if not _is_dataset(dataset):
+            raise PlanError("the learned policy measures accuracy on a Dataset (--data or the Python API's load_data / from_loader); "
+                            "an evaluation function cannot fine-tune the candidates")
+        oracle = AccuracyOracle(folded, dataset)
+    else:
+        say("rl", "no data: the policy chooses the cut only (no data, no pruning)")
+    return PlanSpace(folded, analysis, lat.device, lat.edge, oracle, transfer_dtype=options.transfer_dtype)
+
+
 def rl_stage(graph: Graph, options: CompileOptions, data: Any, device_t: TargetSpec, edge_t: TargetSpec,
              say: Progress) -> tuple[dict[str, float], tuple[str, ...], dict[str, Any]]:
     """``--planner rl``: the learned policy's prune ratios and cut for the options' conditions.
@@ -323,27 +351,11 @@ def rl_stage(graph: Graph, options: CompileOptions, data: Any, device_t: TargetS
     import hashlib
     import os
 
-    from cogent_compiler.passes.prune_groups import PruneAnalysis, prune_groups_of
     from cogent_compiler.policy.rl import AgentConfig, LearnedPolicy, train_policy
-    from cogent_compiler.policy.space import AccuracyOracle, Conditions, PlanSpace
+    from cogent_compiler.policy.space import Conditions
 
+    space = plan_space(graph, options, data, device_t, edge_t, say)
     lat = latency_model_for(device_t, edge_t, options)
-    folded = PassManager([FoldBatchNorm()]).run(graph).graph if options.fold_batch_norm else graph
-    analysis = prune_groups_of(folded) if folded.module is not None else PruneAnalysis(())
-    oracle = None
-    if data is not None or options.data is not None:
-        dataset = data
-        if dataset is None:
-            from cogent_compiler.accuracy.data import load_data
-
-            dataset = load_data(options.data, graph.inputs[0].shape, _num_classes(graph), input_dtype=graph.inputs[0].dtype)  # type: ignore[arg-type]
-        if not _is_dataset(dataset):
-            raise PlanError("--planner rl measures accuracy on a Dataset (--data or the Python API's load_data / from_loader); "
-                            "an evaluation function cannot fine-tune the candidates")
-        oracle = AccuracyOracle(folded, dataset)
-    else:
-        say("rl", "no data: the policy chooses the cut only (no data, no pruning)")
-    space = PlanSpace(folded, analysis, lat.device, lat.edge, oracle, transfer_dtype=options.transfer_dtype)
     if options.policy:
         policy = LearnedPolicy.load(options.policy)
     else:
