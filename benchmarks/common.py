@@ -87,3 +87,12 @@ def interleaved_medians(runners: Mapping[str, Runner], repeats: int, warmup: int
 
 def medians(times: Mapping[str, list[float]]) -> dict[str, float]:
     return {k: round(statistics.median(v), 3) for k, v in times.items()}
+
+
+def write_result(path: str | Path, result: Mapping[str, Any], show: str = "summary") -> None:
+    """Write a benchmark's result JSON to ``path`` (folders made as needed) and print its ``show`` part on stdout."""
+    import json
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result.get(show), indent=1))

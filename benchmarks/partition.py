@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", default=str(ROOT / "benchmarks/results/partition.json"))
     args = ap.parse_args(argv)
 
-    from benchmarks.common import machine
+    from benchmarks.common import machine, write_result
     from benchmarks.models import benchmark_graph
     from cogent_compiler.cost import LatencyModel, Link
 
@@ -319,9 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         result["measure_s"] = round(time.time() - t0, 1)
     result["summary"] = summarize(result["cases"])
     result["wall_s"] = round(time.time() - started, 1)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result["summary"], indent=1))
+    write_result(args.output, result)
     return 0
 
 

@@ -40,54 +40,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.digits_models import resnet_digits, vgg_digits  # noqa: E402
+
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "pruning.json"
+MODELS = {"vgg_digits": vgg_digits, "resnet_digits": resnet_digits}
 RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 SIZE = 32
 
 
-def vgg_digits() -> Any:
-    from torch import nn
-
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-    return nn.Sequential(*block(1, 32), *block(32, 32), nn.MaxPool2d(2), *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
-                         *block(64, 128), *block(128, 128), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(128 * 16, 10))
-
-
-def resnet_digits() -> Any:
-    import torch
-    from torch import nn
-
-    class Basic(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                          if stride != 1 or cin != cout else nn.Identity())
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = torch.relu(self.bn1(self.conv1(x)))
-            return torch.relu(self.bn2(self.conv2(y)) + self.short(x))
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
-            self.stages = nn.Sequential(Basic(32, 32, 1), Basic(32, 32, 1), Basic(32, 64, 2), Basic(64, 64, 1),
-                                        Basic(64, 128, 2), Basic(128, 128, 1))
-            self.head = nn.Linear(128, 10)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.stages(self.stem(x)).mean((2, 3)))
-
-    return Net()
-
-
-MODELS = {"vgg_digits": vgg_digits, "resnet_digits": resnet_digits}
 
 
 def run_model(name: str, args: argparse.Namespace, work: Path, say: Any) -> list[dict[str, Any]]:

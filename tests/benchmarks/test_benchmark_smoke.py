@@ -12,13 +12,17 @@ from testbed_support import needs_root
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _run(script: str, out: Path, *args: str) -> dict:
+    """Run ``benchmarks/SCRIPT`` with ``args`` (its output path included); return the JSON it wrote to ``out``."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
 @needs_root
 def test_e2e_benchmark_smoke(tmp_path):
     out = tmp_path / "e2e.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--smoke", "--out", str(out), "--work", str(tmp_path / "work")],
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    result = json.loads(out.read_text())
+    result = _run("e2e.py", out, "--smoke", "--out", str(out), "--work", str(tmp_path / "work"))
     assert result["machine"]["cores"] and result["cases"]
     (case,) = result["cases"]
     assert case["model"] == "resnet18" and case["bandwidth_mbps"] == 20 and case["accuracy_drop"] == 0.0
@@ -31,10 +35,7 @@ def test_e2e_benchmark_smoke(tmp_path):
 
 def test_backends_benchmark_smoke(tmp_path):
     out = tmp_path / "backends.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "backends.py"), "--smoke", "--output", str(out)],
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    result = json.loads(out.read_text())
+    result = _run("backends.py", out, "--smoke", "--output", str(out))
     assert result["machine"]["cores"] and result["results"]
     for row in result["results"]:
         assert row["ort_ms"] > 0 and row["tvm_ms"] > 0 and row["torch_ms"] > 0
@@ -43,10 +44,7 @@ def test_backends_benchmark_smoke(tmp_path):
 
 def test_pruning_benchmark_smoke(tmp_path):
     out = tmp_path / "pruning.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pruning.py"), "--smoke", "-o", str(out)],
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    result = json.loads(out.read_text())
+    result = _run("pruning.py", out, "--smoke", "-o", str(out))
     assert result["machine"]["cores"] and result["setup"]["threads"] == 1
     base, half = result["cases"]
     for c in (base, half):
@@ -56,3 +54,18 @@ def test_pruning_benchmark_smoke(tmp_path):
     # 50 % of the channels of every group: about a quarter of the MACs, and fine-tuning recovers what pruning lost
     assert 0.2 < half["macs"] / base["macs"] < 0.35
     assert half["acc_finetuned"] > half["acc_pruned"] and half["acc_finetuned"] > 0.8
+
+
+def test_policy_benchmark_smoke(tmp_path):
+    out = tmp_path / "policy.json"
+    result = _run("policy.py", out, "--smoke", "-o", str(out))
+    assert result["machine"]["cores"] and len(result["cases"]) == 2
+    for case in result["cases"]:
+        assert set(case["methods"]) == {"rl", "uniform", "random", "optuna"}
+        budget = case["methods"]["rl"]["evaluations"]
+        assert budget > 0 and all(case["methods"][m]["evaluations"] == budget for m in ("uniform", "random", "optuna"))
+        for name, m in case["methods"].items():  # every plan is within the accuracy budget; a search never loses to partitioning alone
+            assert case["top1_unpruned"] - m["accuracy"] <= 0.01 + 1e-9
+            assert name == "rl" or m["latency_ms"] <= case["partition_only_ms"] + 1e-6
+        assert case["rl_vs_best_baseline"] == round(case["methods"]["rl"]["latency_ms"] / min(
+            case["methods"][m]["latency_ms"] for m in ("uniform", "random", "optuna")), 4)

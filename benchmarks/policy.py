@@ -1,0 +1,182 @@
+"""The learned policy against search baselines at an equal budget of evaluated plans.
+
+    python benchmarks/policy.py            # 3 digits CNNs x 4 conditions (uses the partition benchmark's profiles)
+    python benchmarks/policy.py --smoke    # 1 model, 2 conditions, short training, flags-only compute (CI)
+
+For each model (``benchmarks/digits_models.py``: VGG-, ResNet- and
+MobileNet-style CNNs trained inside the benchmark on scikit-learn's digits at
+1x32x32, fixed seeds) a plan space is built as ``cogentc --planner rl``
+builds it: the folded IR, its prune groups, the candidate cuts, device
+compute from the profile measured on this CPU under a 10 % quota and edge
+compute from the one at full speed (``benchmarks/partition.py`` names the
+commands that make them), and an accuracy oracle (held-out digits, a short
+fine-tune per plan, cached; the accuracy budget is 1 point of top-1).
+
+``rl``: one TD3 policy per model, trained over ranges of bandwidth, RTT,
+edge load and device speed, then asked for each case's conditions; a plan
+the oracle finds over budget is repaired as the compiler repairs it (every
+ratio halved until it fits) and the repair's evaluations are counted.  Its
+``evaluations`` are the distinct plans the oracle measured in training plus
+repairs, and every baseline gets that many for *each* case (the policy
+spends its budget once for all conditions): ``uniform`` (one ratio for all
+groups, a grid), ``random`` and ``optuna`` (TPE on ratios and the cut),
+each pairing its ratios with the fastest cut (``policy.search``).  Every
+latency is *predicted* (latency model + ``prune_ir``); accuracies are the
+oracle's.  Also per case: ``partition_only_ms`` (the best cut of the
+unpruned model) and ``device_only_ms``.
+
+Writes ``benchmarks/results/policy.json``: ``machine``, ``command``,
+``setup``, ``cases`` (``model``, ``conditions``, ``methods`` = {name:
+{latency_ms, accuracy, evaluations, wall_s, ...}}, ``rl_vs_best_baseline``)
+and ``summary``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.digits_models import MODELS  # noqa: E402
+
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "policy.json"
+#: (bandwidth Mbit/s, RTT ms, edge load, device scale)
+CONDITIONS = ((2.0, 10.0, 1.0, 1.0), (10.0, 10.0, 1.0, 1.0), (50.0, 5.0, 2.0, 1.0), (5.0, 20.0, 1.0, 2.0))
+
+
+def _repair(space: Any, ratios: dict[str, float], c: Any) -> tuple[dict[str, float], int]:
+    """Halve every ratio until the plan is within the budget (as the compile does); (ratios, evaluations spent)."""
+    spent = 0
+    for _ in range(4):
+        before = space.accuracy.evaluations
+        ok, _ = space.feasible(ratios, c)
+        spent += space.accuracy.evaluations - before
+        if ok:
+            return ratios, spent
+        ratios = {k: v / 2 for k, v in ratios.items()}
+    return {}, spent
+
+
+def run_model(name: str, args: argparse.Namespace, compute: tuple[Any, Any], say: Any) -> list[dict[str, Any]]:
+    import torch
+
+    from cogent_compiler.accuracy import finetune, load_data
+    from cogent_compiler.frontend import from_module, trace
+    from cogent_compiler.passes import FoldBatchNorm, prune_groups_of
+    from cogent_compiler.policy.rl import AgentConfig, train_policy
+    from cogent_compiler.policy.search import SEARCHERS, SearchResult
+    from cogent_compiler.policy.space import AccuracyOracle, ConditionRanges, Conditions, PlanSpace
+
+    data = load_data("digits", (1, 1, 32, 32), 10, seed=args.seed)
+    torch.manual_seed(args.seed)
+    model = MODELS[name]()
+    t0 = time.time()
+    finetune(model, data, steps=args.train_steps, lr=2e-3, seed=args.seed)
+    graph = FoldBatchNorm()(trace(from_module(model.eval(), (torch.from_numpy(data.x_val[:1]),), name=name)))
+    oracle = AccuracyOracle(graph, data, finetune_steps=args.oracle_steps, val_samples=args.val_samples)
+    space = PlanSpace(graph, prune_groups_of(graph), compute[0], compute[1], oracle)
+    say(f"{name}: trained in {time.time() - t0:.0f}s, top-1 {oracle.baseline:.4f}, {len(space.groups)} prune groups, {len(space.cuts)} cuts")
+    ranges = ConditionRanges(bandwidth_mbps=(1.0, 100.0), rtt_ms=(1.0, 20.0), edge_load=(1.0, 4.0), device_scale=(0.5, 2.0),
+                             max_drop=(args.max_drop, args.max_drop))
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="cogent-policy-") as tmp:
+        policy = train_policy(space, AgentConfig(timesteps=args.rl_steps, seed=args.seed), Path(tmp) / "policy.zip", ranges=ranges,
+                              callback=lambda step, r: say(f"{name}: step {step}/{args.rl_steps}, mean reward {r:.3f}") or True)
+    train_s, train_evals = time.time() - t0, oracle.evaluations
+    say(f"{name}: policy trained in {train_s:.0f}s with {train_evals} plans measured")
+    cases = []
+    for bw, rtt, load, scale in CONDITIONS[: args.conditions]:
+        c = Conditions(bw, rtt, load, scale, args.max_drop)
+        t0 = time.time()
+        ratios, _, info = policy.answer(space, c)
+        answer_ms = info["answer_ms"]
+        ratios, repair_evals = _repair(space, ratios, c)
+        cut, lat = space.best_cut(ratios, c)
+        _, acc = space.feasible(ratios, c)
+        rl = SearchResult("rl", ratios, cut, lat.total_ms, acc, train_evals + repair_evals, time.time() - t0)
+        budget = rl.evaluations
+        methods = {"rl": {**rl.to_json(), "train_s": round(train_s, 1), "answer_ms": round(answer_ms, 3), "repair_evaluations": repair_evals}}
+        for m, search in SEARCHERS.items():
+            methods[m] = search(space, c, budget, args.seed).to_json()
+        best_baseline = min(methods[m]["latency_ms"] for m in SEARCHERS)
+        _, unpruned = space.best_cut({}, c)
+        device_only = space.price({}, tuple(graph.outputs), c).total_ms
+        case = {"model": name, "conditions": c.to_json(), "methods": methods, "budget": budget,
+                "rl_vs_best_baseline": round(methods["rl"]["latency_ms"] / best_baseline, 4),
+                "partition_only_ms": round(unpruned.total_ms, 3), "device_only_ms": round(device_only, 3),
+                "top1_unpruned": oracle.baseline}
+        cases.append(case)
+        say(f"{name} {c.to_json()}: " + ", ".join(f"{m} {v['latency_ms']:.2f} ms" for m, v in methods.items())
+            + f" (partition only {unpruned.total_ms:.2f}, device only {device_only:.2f}; budget {budget})")
+    return cases
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--conditions", type=int, default=len(CONDITIONS), help=f"how many of the {len(CONDITIONS)} conditions (default all)")
+    p.add_argument("--train-steps", type=int, default=1000, help="training steps of each CNN (default 1000)")
+    p.add_argument("--rl-steps", type=int, default=1500, help="TD3 steps per model (default 1500)")
+    p.add_argument("--oracle-steps", type=int, default=10, help="fine-tuning steps per plan the accuracy oracle measures (default 10)")
+    p.add_argument("--val-samples", type=int, default=300, help="held-out digits the oracle evaluates on (default 300)")
+    p.add_argument("--max-drop", type=float, default=0.01, help="accuracy budget, a fraction of top-1 (default 0.01)")
+    p.add_argument("--device-profile", default=str(Path.home() / ".cache/cogent/bench-profiles/llvm-t1-quota0.1.json"))
+    p.add_argument("--edge-profile", default=str(Path.home() / ".cache/cogent/bench-profiles/llvm-t1-full.json"))
+    p.add_argument("--flags-compute", action="store_true", help="device 2 GMAC/s, edge 100 GMAC/s estimates instead of profiles")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="vgg_digits, 2 conditions, 200 training and 100 TD3 steps, flags-only compute")
+    p.add_argument("-o", "--output", default=str(DEFAULT_OUT))
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.models, args.conditions, args.train_steps, args.rl_steps, args.val_samples, args.flags_compute = "vgg_digits", 2, 200, 100, 100, True
+    models = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        raise SystemExit(f"--models {','.join(unknown)}: unknown; choose from {', '.join(MODELS)}")
+    from benchmarks.common import machine, write_result
+    from cogent_compiler.cost import ComputeModel
+
+    if args.flags_compute:
+        compute: tuple[Any, Any] = (ComputeModel("device", 2.0), ComputeModel("edge", 100.0))
+        profiles = {"device": "flags: 2 GMAC/s", "edge": "flags: 100 GMAC/s"}
+    else:
+        from benchmarks.partition import load_profile_model, profile_info
+
+        dev, edge = load_profile_model("device", Path(args.device_profile)), load_profile_model("edge", Path(args.edge_profile))
+        compute, profiles = (dev, edge), {"device": profile_info(dev), "edge": profile_info(edge)}
+    t0 = time.time()
+
+    def say(msg: str) -> None:
+        print(f"[{time.time() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    cases: list[dict[str, Any]] = []
+    for name in models:
+        cases += run_model(name, args, compute, say)
+    ratios = [c["rl_vs_best_baseline"] for c in cases]
+    result = {
+        "benchmark": "policy",
+        "machine": machine(),
+        "command": "python benchmarks/policy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "note": "latencies are PREDICTED by the latency model on the pruned IR; accuracies are the oracle's (held-out digits after "
+                f"{args.oracle_steps} fine-tuning steps per plan)",
+        "setup": {"profiles": profiles, "max_drop": args.max_drop, "rl_steps": args.rl_steps, "train_steps": args.train_steps,
+                  "oracle_finetune_steps": args.oracle_steps, "val_samples": args.val_samples, "seed": args.seed,
+                  "budget": "every baseline gets, per case, as many evaluated plans as the policy measured in training (plus its repairs)"},
+        "cases": cases,
+        "summary": {"cases": len(cases), "rl_within_5pct_of_best_baseline": sum(r <= 1.05 for r in ratios),
+                    "rl_beats_best_baseline": sum(r < 1.0 for r in ratios), "worst_rl_vs_best_baseline": max(ratios) if ratios else None},
+        "wall_s": round(time.time() - t0, 1),
+    }
+    write_result(args.output, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
