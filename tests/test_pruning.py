@@ -114,3 +114,16 @@ def test_cli_prunes_with_digits_and_refuses_bad_data(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "11" in err and "10 classes" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_dataloader_is_data_too(digits_graph, tmp_path):
+    """The Python API takes a torch DataLoader: it is split into fine-tuning and validation data like any source."""
+    graph, data = digits_graph
+    x = np.concatenate([data.x_train, data.x_val])
+    y = np.concatenate([data.y_train, data.y_val])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=64)
+    options = CompileOptions(prune=0.25, max_accuracy_drop=0.05, finetune_time_s=3.0, planner="device", backend="tvm", use_tunedb=False)
+    result = compile(graph, tmp_path / "out", options, progress=_quiet, data=loader)
+    acc = result.accuracy
+    assert acc["data"] == "dataloader" and acc["status"] in ("accepted", "repaired") and acc["top1_before"] > 0.9
+    assert acc["finetune"]["seconds"] <= 10 and result.graph.total_macs < graph.total_macs
