@@ -134,11 +134,12 @@ def test_conv_and_linear_attrs(tiny_graph: Graph) -> None:
         "groups": 1,
         "in_channels": 3,
         "out_channels": 8,
+        "module": "stem",  # the layer's module path: prune groups name their IR nodes by it
     }
     assert stem.macs == 16 * 16 * 8 * 3 * 9
     assert stem.param_bytes == 8 * 3 * 9 * 4  # no bias
     (fc,) = [n for n in tiny_graph.nodes if n.op == "linear"]
-    assert fc.attrs == {"in_features": 8, "out_features": 10}
+    assert fc.attrs == {"in_features": 8, "out_features": 10, "module": "fc"}
     assert fc.macs == 80 and fc.param_bytes == (80 + 10) * 4
     ops = {n.op for n in tiny_graph.nodes}
     assert {
