@@ -19,6 +19,8 @@ study -- ``cogentc tune MODEL --storage URL --study NAME`` runs one worker.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -114,6 +116,7 @@ def tune_agent(space: PlanSpace, *, storage: str = DEFAULT_STORAGE, study: str =
 
     def objective(trial: Any) -> float:
         nonlocal best
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which of the study's workers ran it
         cfg = suggest_config(trial, base)
         pruned = False
 
