@@ -287,6 +287,7 @@ def _cmd_tune(args: argparse.Namespace, say: _Progress) -> int:
     from cogent_compiler.backends import resolve_target
     from cogent_compiler.driver import plan_space
     from cogent_compiler.policy.rl import AgentConfig
+    from cogent_compiler.policy.space import ConditionRanges
     from cogent_compiler.policy.tune import tune_agent
 
     if args.trials < 1:
@@ -294,8 +295,9 @@ def _cmd_tune(args: argparse.Namespace, say: _Progress) -> int:
     options = _options(args)
     graph = _load(args, say)
     space = plan_space(graph, options, None, resolve_target(options.device_target), resolve_target(options.edge_target), say)
+    budget = (options.max_accuracy_drop, options.max_accuracy_drop)
     study = tune_agent(space, storage=args.storage, study=args.study, trials=args.trials, base=AgentConfig(timesteps=options.rl_timesteps),
-                       out=args.output, say=lambda msg: say("tune", msg))
+                       ranges=ConditionRanges(max_drop=budget), out=args.output, say=lambda msg: say("tune", msg))
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     summary = {"study": args.study, "storage": args.storage, "trials": len(study.trials), "complete": len(done),
                "pruned": sum(t.state.name == "PRUNED" for t in study.trials),

@@ -352,7 +352,7 @@ def rl_stage(graph: Graph, options: CompileOptions, data: Any, device_t: TargetS
     import os
 
     from cogent_compiler.policy.rl import AgentConfig, LearnedPolicy, train_policy
-    from cogent_compiler.policy.space import Conditions
+    from cogent_compiler.policy.space import ConditionRanges, Conditions
 
     space = plan_space(graph, options, data, device_t, edge_t, say)
     lat = latency_model_for(device_t, edge_t, options)
@@ -360,8 +360,9 @@ def rl_stage(graph: Graph, options: CompileOptions, data: Any, device_t: TargetS
         policy = LearnedPolicy.load(options.policy)
     else:
         cfg = AgentConfig(timesteps=options.rl_timesteps)
+        ranges = ConditionRanges(max_drop=(options.max_accuracy_drop, options.max_accuracy_drop))  # trained for the user's budget
         ident = json.dumps([graph.name, space.groups, space.cuts, lat.device.to_json(), lat.edge.to_json(), options.data,
-                            dataclasses.asdict(cfg), options.transfer_dtype], sort_keys=True, default=str)
+                            dataclasses.asdict(cfg), dataclasses.asdict(ranges), options.transfer_dtype], sort_keys=True, default=str)
         root = Path(os.environ.get("COGENT_POLICIES", Path.home() / ".cache" / "cogent" / "policies"))
         root.mkdir(parents=True, exist_ok=True)
         path = root / f"{graph.name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.zip"
@@ -371,7 +372,7 @@ def rl_stage(graph: Graph, options: CompileOptions, data: Any, device_t: TargetS
         else:
             say("rl", f"training a TD3 policy: {cfg.timesteps} steps over bandwidth, RTT, edge load and device speed ({len(space.groups)} "
                 f"prune groups, {len(space.cuts)} cuts)")
-            policy = train_policy(space, cfg, path, progress_bar=False,
+            policy = train_policy(space, cfg, path, ranges=ranges, progress_bar=False,
                                   callback=lambda step, r: say("rl", f"step {step}/{cfg.timesteps}: mean reward {r:.3f}") or True)
             say("rl", f"trained in {policy.info['train_s']:.0f}s ({policy.info['accuracy_evaluations']} plans measured for accuracy); "
                 f"saved {path}")
