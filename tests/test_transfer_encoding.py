@@ -120,3 +120,35 @@ def test_pixel_input_sends_the_uint8_image(tmp_path):
         expected = net((torch.from_numpy(pixels).float() / 255 - mean) / std).numpy()
     got = _run(result.out_dir, pixels)
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_pixel_input_on_an_onnx_model(tmp_path):
+    """An ONNX model gets the same uint8 input: Cast, Mul and Add nodes in front, checked by onnxruntime."""
+    import onnxruntime
+
+    from cogent_compiler.frontend import load_model
+
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    torch.onnx.export(net, (torch.rand(1, 3, 8, 8),), str(tmp_path / "m.onnx"), dynamo=True, verbose=False)
+    loaded = with_pixel_input(load_model(tmp_path / "m.onnx"), parse_pixels("0.5,0.5,0.5/0.25,0.25,0.25"))
+    graph = trace(loaded)
+    assert [t.dtype for t in graph.inputs] == ["uint8"] and [n.op for n in graph.nodes[:3]] == ["cast", "mul", "add"]
+    pixels = np.random.default_rng(1).integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+    session = onnxruntime.InferenceSession(loaded.program.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {graph.inputs[0].name: pixels})
+    with torch.no_grad():
+        expected = net((torch.from_numpy(pixels).float() / 255 - 0.5) / 0.25).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_bad_pixel_specs_are_one_line_errors():
+    from cogent_compiler.errors import FrontendError
+
+    with pytest.raises(FrontendError, match="expected imagenet, unit or MEAN/STD"):
+        parse_pixels("bright")
+    with pytest.raises(FrontendError, match="every std must be positive"):
+        parse_pixels("0.5/0")
+    net = nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
+    with pytest.raises(FrontendError, match="gives 2 channel values, but the model's input has 3 channels"):
+        with_pixel_input(from_module(net, (torch.rand(1, 3, 8, 8),)), parse_pixels("0.5,0.5/0.2,0.2"))
