@@ -281,17 +281,23 @@ def prune_stage(graph: Graph, options: CompileOptions, data: Any, say: Progress)
         say("prune", f"UNVALIDATED (--prune-unvalidated): {pruned.total_macs / max(graph.total_macs, 1):.0%} of the MACs left, "
             "accuracy not measured")
         return pruned, AccuracyReport("unvalidated", ratios, None, None, macs_before=graph.total_macs, macs_after=pruned.total_macs).to_json()
+    shipped, report = prune_within_budget(graph, ratios, _resolve_data(graph, options, data), options.max_accuracy_drop, finetune_steps=options.finetune_steps,
+                                          finetune_time_s=options.finetune_time_s, say=lambda msg: say("prune", msg))
+    return shipped, report.to_json()
+
+
+def _resolve_data(graph: Graph, options: CompileOptions, data: Any) -> Any:
+    """``data`` as the accuracy code takes it: a ``Dataset`` (``options.data`` loaded, or a DataLoader split) or the user's evaluation function."""
+    shape, dtype = graph.inputs[0].shape, graph.inputs[0].dtype
     if data is None:
         from cogent_compiler.accuracy.data import load_data
 
-        data = load_data(options.data, graph.inputs[0].shape, _num_classes(graph), input_dtype=graph.inputs[0].dtype)  # type: ignore[arg-type]
-    elif not callable(data) and not _is_dataset(data):
+        return load_data(options.data, shape, _num_classes(graph), input_dtype=dtype)  # type: ignore[arg-type]
+    if not callable(data) and not _is_dataset(data):
         from cogent_compiler.accuracy.data import from_loader
 
-        data = from_loader(data, graph.inputs[0].shape, _num_classes(graph), input_dtype=graph.inputs[0].dtype)
-    shipped, report = prune_within_budget(graph, ratios, data, options.max_accuracy_drop, finetune_steps=options.finetune_steps,
-                                          finetune_time_s=options.finetune_time_s, say=lambda msg: say("prune", msg))
-    return shipped, report.to_json()
+        return from_loader(data, shape, _num_classes(graph), input_dtype=dtype)
+    return data
 
 
 def _is_dataset(data: Any) -> bool:
@@ -324,11 +330,7 @@ def plan_space(graph: Graph, options: CompileOptions, data: Any, device_t: Targe
     analysis = prune_groups_of(folded) if folded.module is not None else PruneAnalysis(())
     oracle = None
     if data is not None or options.data is not None:
-        dataset = data
-        if dataset is None:
-            from cogent_compiler.accuracy.data import load_data
-
-            dataset = load_data(options.data, graph.inputs[0].shape, _num_classes(graph), input_dtype=graph.inputs[0].dtype)  # type: ignore[arg-type]
+        dataset = _resolve_data(graph, options, data)
         if not _is_dataset(dataset):
             raise PlanError("the learned policy measures accuracy on a Dataset (--data or the Python API's load_data / from_loader); "
                             "an evaluation function cannot fine-tune the candidates")
@@ -355,13 +357,12 @@ def rl_stage(graph: Graph, options: CompileOptions, data: Any, device_t: TargetS
     from cogent_compiler.policy.space import ConditionRanges, Conditions
 
     space = plan_space(graph, options, data, device_t, edge_t, say)
-    lat = latency_model_for(device_t, edge_t, options)
     if options.policy:
         policy = LearnedPolicy.load(options.policy)
     else:
         cfg = AgentConfig(timesteps=options.rl_timesteps)
         ranges = ConditionRanges(max_drop=(options.max_accuracy_drop, options.max_accuracy_drop))  # trained for the user's budget
-        ident = json.dumps([graph.name, space.groups, space.cuts, lat.device.to_json(), lat.edge.to_json(), options.data,
+        ident = json.dumps([graph.name, space.groups, space.cuts, space.device.to_json(), space.edge.to_json(), options.data,
                             dataclasses.asdict(cfg), dataclasses.asdict(ranges), options.transfer_dtype], sort_keys=True, default=str)
         root = Path(os.environ.get("COGENT_POLICIES", Path.home() / ".cache" / "cogent" / "policies"))
         root.mkdir(parents=True, exist_ok=True)

@@ -128,11 +128,11 @@ def prune_within_budget(
             status = "accepted" if attempt == 0 else "repaired"
             if status == "repaired":
                 say(f"repaired: the ratios asked for lost {tried[0]['drop']:.4f} top-1 (> {max_drop}); halved {attempt} time(s) they lose {before - after:.4f}")
-            # the pruned model must evaluate as measured: leave it in eval mode for export
-            pruned.module.eval()
-            from cogent_compiler.passes.prune_channels import retrace
+            shipped = pruned
+            if stats:  # fine-tuning changed the weights PruneChannels exported: export the fine-tuned model (in eval mode)
+                from cogent_compiler.passes.prune_channels import retrace
 
-            shipped = retrace(graph, pruned.module)  # the fine-tuned weights, not the ones PruneChannels exported
+                shipped = retrace(graph, pruned.module.eval())
             return shipped, AccuracyReport(status, current, name, max_drop, before, acc_pruned, acc_ft, graph.total_macs,
                                            shipped.total_macs, stats, tuple(tried))
         say(f"attempt {attempt + 1}: top-1 drop {before - after:.4f} exceeds --max-accuracy-drop {max_drop}; halving every ratio")

@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from cogent_compiler.errors import IllegalPlanError, PassError
+from cogent_compiler.errors import IllegalPlanError
 from cogent_compiler.ir import Graph
 from cogent_compiler.passes.base import Pass, PassContext, PassResult
-from cogent_compiler.passes.prune_groups import example_inputs, find_prune_groups
+from cogent_compiler.passes.prune_groups import example_inputs, find_prune_groups, require_module
 
 __all__ = ["PruneChannels", "kept_channels"]
 
@@ -58,12 +58,7 @@ class PruneChannels(Pass):
             raise IllegalPlanError(f"round_to must be a positive channel count, got {self.round_to}")
         if not any(r > 0 for r in self.ratios.values()):
             return PassResult(graph, modified=False)
-        if graph.module is None:
-            raise PassError(
-                f"{graph.name}: pruning needs the model as a PyTorch nn.Module; load it as package.module:factory, through the "
-                "Python API (from_module) or as a trusted pickle (--trust-pickle) -- a .pt2, TorchScript or ONNX file is partitioned unpruned"
-            )
-        pruned, removed = prune_module(graph.module, example_inputs(graph), self.ratios, self.round_to)
+        pruned, removed = prune_module(require_module(graph), example_inputs(graph), self.ratios, self.round_to)
         if ctx.progress is not None:
             ctx.progress(f"pruned {sum(removed.values())} channels in {sum(1 for v in removed.values() if v)} groups")
         if not any(removed.values()):

@@ -34,7 +34,7 @@ from cogent_compiler.ir import Graph
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CRITERION", "PruneAnalysis", "PruneGroup", "example_inputs", "find_prune_groups", "prune_groups_of"]
+__all__ = ["CRITERION", "PruneAnalysis", "PruneGroup", "example_inputs", "find_prune_groups", "prune_groups_of", "require_module"]
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +187,16 @@ def _member(target: Any, names: dict[Any, str], owner: dict[int, str]) -> str | 
     return None
 
 
-def prune_groups_of(graph: Graph) -> PruneAnalysis:
-    """The prune groups of ``graph``'s eager module; ``PassError`` if the graph has none (loaded from .pt2, TorchScript or ONNX)."""
+def require_module(graph: Graph) -> Any:
+    """``graph``'s eager module; ``PassError`` if it has none (loaded from .pt2, TorchScript or ONNX)."""
     if graph.module is None:
         raise PassError(
             f"{graph.name}: pruning needs the model as a PyTorch nn.Module; load it as package.module:factory, through the Python "
             "API (from_module) or as a trusted pickle (--trust-pickle) -- a .pt2, TorchScript or ONNX file is partitioned unpruned"
         )
-    return find_prune_groups(graph.module, example_inputs(graph), graph)[0]
+    return graph.module
+
+
+def prune_groups_of(graph: Graph) -> PruneAnalysis:
+    """The prune groups of ``graph``'s eager module; ``PassError`` if the graph has none (``require_module``)."""
+    return find_prune_groups(require_module(graph), example_inputs(graph), graph)[0]
