@@ -69,37 +69,32 @@ def test_trials_that_trail_are_pruned_while_training(tmp_path):
     assert sum("pruned at a checkpoint" in s for s in steps) == 2
 
 
-def _pg_bin() -> Path | None:
-    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (d / "initdb").exists():
-            return d
-    return None
-
-
 @pytest.fixture
 def postgres():
-    """A throwaway PostgreSQL server (Debian's postgresql package, run as its postgres user) on a free port."""
-    pg = _pg_bin()
-    if pg is None or os.geteuid() != 0 or shutil.which("runuser") is None:
-        pytest.skip("needs root and Debian's postgresql package (scripts/setup installs it)")
-    root = Path(tempfile.mkdtemp(prefix="cogent-pg-"))
-    os.chmod(root, 0o755)
-    data = root / "data"
-    data.mkdir()
-    shutil.chown(data, "postgres", "postgres")
-    port = free_port()
+    """A fresh database on the PostgreSQL server ``.ci/run`` starts (``$COGENT_TEST_POSTGRES``), else on a throwaway one."""
+    import sqlalchemy
 
-    def as_pg(*cmd: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True, text=True, timeout=120)
-
-    as_pg(str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "cogent")
-    as_pg(str(pg / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start")
+    url = os.environ.get("COGENT_TEST_POSTGRES")
+    root = None
+    if not url:
+        if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+            pytest.skip("needs Debian's postgresql package (scripts/setup installs it)")
+        root = Path(tempfile.mkdtemp(prefix="cogent-pg-"))
+        url = subprocess.run([str(REPO / "scripts" / "postgres"), "start", str(root), str(free_port())], check=True,
+                             capture_output=True, text=True, timeout=120).stdout.strip()
+    name = f"test_{os.getpid()}_{free_port()}"
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
     try:
-        as_pg(str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "cogent", "cogent")
-        yield f"postgresql+psycopg2://cogent@127.0.0.1:{port}/cogent"
+        with admin.connect() as c:
+            c.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+        yield url.rsplit("/", 1)[0] + "/" + name
     finally:
-        as_pg(str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        with admin.connect() as c:
+            c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+        if root is not None:
+            subprocess.run([str(REPO / "scripts" / "postgres"), "stop", str(root)], check=False, timeout=120)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_workers_tune_one_postgresql_study_at_once(postgres, tmp_path):
