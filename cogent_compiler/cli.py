@@ -64,11 +64,15 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge-gmacs", type=float, metavar="G", help="edge throughput in GMAC/s for the estimate (default per target: llvm 10, cuda 500)")
     p.add_argument("--device-profile", metavar="FILE", help="predict device compute from this measured profile (`cogentc profile`) instead of --device-gmacs")
     p.add_argument("--edge-profile", metavar="FILE", help="predict edge compute from this measured profile (`cogentc profile`) instead of --edge-gmacs")
-    p.add_argument("--planner", default="single-cut", choices=("single-cut", "mincut", "device", "edge", "rl"),
-                   help="how to choose the cut: best single tensor (default), min-cut over the whole DAG (DADS), a baseline, or rl: "
-                        "a learned TD3 policy choosing prune ratios (with --data) and the cut together")
+    p.add_argument("--planner", default="rl", choices=("rl", "optuna", "single-cut", "mincut", "device", "edge"),
+                   help="rl (default): a learned TD3 policy chooses prune ratios and the cut together (with --data; without data, "
+                        "or with --prune fixing the ratios, the cut alone is chosen exactly, as single-cut); optuna: TPE over ratios "
+                        "and cut for these conditions; single-cut: best single tensor; mincut: min-cut over the whole DAG (DADS); "
+                        "device, edge: the baselines")
     p.add_argument("--policy", metavar="FILE", help="--planner rl: answer with this trained policy (policy.zip) instead of training one")
     p.add_argument("--rl-steps", type=int, default=3000, metavar="N", help="--planner rl: TD3 training steps when a policy is trained (default 3000)")
+    p.add_argument("--search-budget", type=int, default=60, metavar="N",
+                   help="--planner optuna: plans to evaluate, each fine-tuned briefly and measured for accuracy (default 60)")
     p.add_argument("--max-accuracy-drop", type=float, default=0.01, metavar="F", help="largest top-1 loss accepted, a fraction (default 0.01: "
                    "one point); a plan that loses more is repaired with smaller ratios or rejected")
     p.add_argument("--data", metavar="SPEC", help="evaluation and fine-tuning data: digits (scikit-learn's, offline), imagefolder:DIR, npz:FILE "
@@ -260,6 +264,7 @@ def _options(args: argparse.Namespace) -> Any:
         transfer_dtype=args.transfer_dtype,
         policy=args.policy,
         rl_timesteps=args.rl_steps,
+        search_budget=args.search_budget,
         data=args.data,
         max_accuracy_drop=args.max_accuracy_drop,
         cut=tuple(t.strip() for t in args.cut.split(",") if t.strip()) if args.cut else (),
@@ -340,7 +345,7 @@ def _cmd_inspect(args: argparse.Namespace, say: _Progress) -> int:
 
 def _cmd_plan(args: argparse.Namespace, say: _Progress) -> int:
     from cogent_compiler.backends import resolve_target
-    from cogent_compiler.driver import choose_plan, describe_link, latency_model_for, plan_conditions
+    from cogent_compiler.driver import JOINT_PLANNERS, choose_plan, describe_link, joint_stage, latency_model_for, plan_conditions
     from cogent_compiler.passes import FoldBatchNorm
     from cogent_compiler.report import format_plan_table, write_report
 
@@ -350,12 +355,14 @@ def _cmd_plan(args: argparse.Namespace, say: _Progress) -> int:
     device_t, edge_t = resolve_target(options.device_target), resolve_target(options.edge_target)
     model = latency_model_for(device_t, edge_t, options)
     answer = None
-    if options.planner == "rl" and not options.cut:
-        from cogent_compiler.driver import rl_stage
-
-        ratios, cut, answer = rl_stage(loaded, options, None, device_t, edge_t, say)
-        priced = answer.pop("priced_graph")  # the pruned model's IR, priced without pruning it (passes.prune_ir)
-        options = dataclasses.replace(options, cut=cut)
+    if options.planner in JOINT_PLANNERS and not options.cut:
+        joint = joint_stage(loaded, options, None, device_t, edge_t, say)
+        if joint is None:
+            options = dataclasses.replace(options, planner="single-cut")
+        else:
+            ratios, cut, answer = joint
+            priced = answer.pop("priced_graph")  # the pruned model's IR, priced without pruning it (passes.prune_ir)
+            options = dataclasses.replace(options, cut=cut)
     report = choose_plan(priced if answer is not None else graph, model, options.planner, options.cut)
     if answer is not None:
         from cogent_compiler.driver import unpruned_baselines
@@ -377,7 +384,9 @@ def _cmd_plan(args: argparse.Namespace, say: _Progress) -> int:
     print(f"link: {describe_link(model)}")
     if answer is not None:
         pruned = sum(1 for r in ratios.values() if r > 0)
-        print(f"learned policy {answer['policy']}: answered in {answer['answer_ms']:.1f} ms; {pruned} prune groups pruned "
+        how = (f"learned policy {answer['policy']}: answered in {answer['answer_ms']:.1f} ms" if options.planner == "rl"
+               else f"optuna: best of {answer['search']['evaluations']} plans measured in {answer['search']['wall_s']:.0f}s")
+        print(f"{how}; {pruned} prune groups pruned "
               f"(predicted MACs {priced.total_macs / 1e6:.1f} M of {graph.total_macs / 1e6:.1f} M; compiling prunes, fine-tunes and checks accuracy)")
     return 0
 

@@ -26,11 +26,14 @@ from cogent_compiler.policy import Plan, PlanReport, baseline_plans, plan_min_cu
 from cogent_compiler.runtime.manifest import Manifest
 
 __all__ = ["CompileOptions", "CompileResult", "check_output_folder", "choose_plan", "compile", "describe_link", "latency_model_for", "link_settings",
-           "plan_conditions", "plan_space", "prune_stage", "rl_stage", "unpruned_baselines", "PLANNERS"]
+           "joint_stage", "nothing_to_choose", "plan_conditions", "plan_space", "prune_stage", "rl_stage", "unpruned_baselines",
+           "JOINT_PLANNERS", "PLANNERS"]
 
 log = logging.getLogger(__name__)
 
-PLANNERS = ("single-cut", "mincut", "device", "edge", "rl")
+PLANNERS = ("rl", "optuna", "single-cut", "mincut", "device", "edge")
+#: planners that choose prune ratios and the cut together (the rest choose the cut of a given model)
+JOINT_PLANNERS = ("rl", "optuna")
 Progress = Callable[[str, str], None]
 
 
@@ -62,7 +65,8 @@ class CompileOptions:
     #: measured profiles (``cogentc profile``) that replace the GMAC/s estimates, per side
     device_profile: str | None = None
     edge_profile: str | None = None
-    planner: str = "single-cut"
+    #: ``rl`` (the learned policy: prune ratios and cut together), ``optuna`` (TPE on both), or a cut-only planner
+    planner: str = "rl"
     cut: tuple[str, ...] = ()
     base_image: str = "python:3.11-slim"
     fold_batch_norm: bool = True
@@ -94,6 +98,8 @@ class CompileOptions:
     policy: str | None = None
     #: steps of TD3 training when a policy is trained
     rl_timesteps: int = 3000
+    #: ``--planner optuna``: plans evaluated (each one measured for accuracy)
+    search_budget: int = 60
 
 
 @dataclass(frozen=True)
@@ -196,9 +202,11 @@ def describe_link(model: LatencyModel) -> str:
 
 def plan_conditions(device: TargetSpec, edge: TargetSpec, options: CompileOptions) -> dict[str, str]:
     """What the plan report shows beside the latency model's figures: the targets and how the plan was chosen."""
-    planner = f"forced cut --cut {','.join(options.cut)}" if options.cut and options.planner != "rl" else options.planner
+    planner = f"forced cut --cut {','.join(options.cut)}" if options.cut and options.planner not in JOINT_PLANNERS else options.planner
     if options.planner == "rl":
         planner = f"rl: learned policy ({options.policy or 'trained for this model'})"
+    elif options.planner == "optuna":
+        planner = f"optuna: TPE over prune ratios and the cut ({options.search_budget} plans evaluated)"
     return {"device target": device.label, "edge target": edge.label, "planner": planner}
 
 
@@ -215,12 +223,12 @@ def choose_plan(graph: Graph, model: LatencyModel, planner: str, cut: tuple[str,
         return plan_single_cut(graph, model)
     if not cut and planner == "mincut":
         return plan_min_cut(graph, model)
-    if not cut and planner == "rl":
-        raise PlanError("the rl planner answers with prune ratios and a cut (driver.rl_stage); pass its cut here")
+    if not cut and planner in JOINT_PLANNERS:
+        raise PlanError(f"the {planner} planner answers with prune ratios and a cut (driver.joint_stage); pass its cut here")
     if not cut and planner not in ("device", "edge"):
         raise PlanError(f"planner {planner!r} is unknown; use one of {', '.join(PLANNERS)}")
     base = baseline_plans(graph, model)
-    chosen = Plan.score("rl" if planner == "rl" else "manual", graph, tuple(cut), model) if cut else base[f"{planner}_only"]
+    chosen = Plan.score(planner if planner in JOINT_PLANNERS else "manual", graph, tuple(cut), model) if cut else base[f"{planner}_only"]
     return PlanReport(graph.name, chosen, base, (), model.to_json())
 
 
@@ -340,23 +348,69 @@ def plan_space(graph: Graph, options: CompileOptions, data: Any, device_t: Targe
     return PlanSpace(folded, analysis, lat.device, lat.edge, oracle, transfer_dtype=options.transfer_dtype)
 
 
-def rl_stage(graph: Graph, options: CompileOptions, data: Any, device_t: TargetSpec, edge_t: TargetSpec,
+def nothing_to_choose(graph: Graph, options: CompileOptions, data: Any) -> str | None:
+    """Why ``--planner rl|optuna`` has no prune ratios to choose here (``None``: it has), leaving only the cut."""
+    if options.prune > 0 or any(v > 0 for v in options.prune_ratios.values()):
+        return "the prune ratios are fixed (--prune / --prune-ratios)"
+    if data is None and options.data is None:
+        return "no --data to measure accuracy on, so nothing is pruned"
+    if data is not None and callable(data) and not _is_dataset(data):
+        return "an evaluation function cannot fine-tune the candidates (pass a Dataset: load_data or from_loader)"
+    if graph.module is None:
+        return "the model has no eager module to prune (a .pt2, TorchScript or ONNX file; give it as package.module:factory)"
+    return None
+
+
+def joint_stage(graph: Graph, options: CompileOptions, data: Any, device_t: TargetSpec, edge_t: TargetSpec,
+                say: Progress) -> tuple[dict[str, float], tuple[str, ...], dict[str, Any]] | None:
+    """``--planner rl|optuna``: prune ratios and a cut chosen together for the options' conditions.
+
+    ``None`` when there is nothing to choose but the cut (``nothing_to_choose``,
+    or a model without prune groups): the best cut is then found exactly by
+    the single-cut planner, which no learned or sampled guess can beat.
+    Otherwise (ratios, cut, info) from ``rl_stage`` or ``optuna_stage``.
+    """
+    why = nothing_to_choose(graph, options, data)
+    if why is None:
+        space = plan_space(graph, options, data, device_t, edge_t, say)
+        why = None if space.groups else "the model has no prune groups"
+    if why is not None:
+        say("plan", f"{options.planner}: {why}; the cut alone is chosen, exactly (single-cut planner)")
+        return None
+    from cogent_compiler.policy.space import Conditions
+
+    c = Conditions(options.bandwidth_bps / 1e6, options.rtt_s * 1e3, options.edge_load, 1.0, options.max_accuracy_drop)
+    return (rl_stage if options.planner == "rl" else optuna_stage)(space, graph, options, c, say)
+
+
+def optuna_stage(space: Any, graph: Graph, options: CompileOptions, c: Any,
+                 say: Progress) -> tuple[dict[str, float], tuple[str, ...], dict[str, Any]]:
+    """``--planner optuna``: TPE over the prune ratios for these conditions, each paired with its fastest cut; ``options.search_budget`` plans measured."""
+    from cogent_compiler.policy.search import optuna_search
+
+    say("optuna", f"searching {options.search_budget} plans (prune ratios of {len(space.groups)} groups and the cut), each measured for accuracy")
+    r = optuna_search(space, c, options.search_budget, seed=0, exact_cut=True)
+    say("optuna", f"best of {r.evaluations} plans in {r.wall_s:.0f}s: {sum(1 for v in r.ratios.values() if v > 0)} groups pruned, "
+        f"cut at {', '.join(r.cut)} (predicted {r.latency_ms:.1f} ms)")
+    return r.ratios, r.cut, {"search": r.to_json(), "conditions": c.to_json(), "predicted_ms": r.latency_ms,
+                             "priced_graph": space.pruned(r.ratios)}
+
+
+def rl_stage(space: Any, graph: Graph, options: CompileOptions, c: Any,
              say: Progress) -> tuple[dict[str, float], tuple[str, ...], dict[str, Any]]:
-    """``--planner rl``: the learned policy's prune ratios and cut for the options' conditions.
+    """``--planner rl``: the learned policy's prune ratios and cut for conditions ``c``.
 
     Loads ``options.policy`` or trains a TD3 policy in the model's plan space
     (cached under ``~/.cache/cogent/policies`` by model, compute models, data
     and agent settings, so a second compile answers at once; training resumes
-    if interrupted).  Without data the policy may only choose the cut (no
-    data, no pruning).  Returns (ratios, cut, info).
+    if interrupted).  Returns (ratios, cut, info).
     """
     import hashlib
     import os
 
     from cogent_compiler.policy.rl import AgentConfig, LearnedPolicy, train_policy
-    from cogent_compiler.policy.space import ConditionRanges, Conditions
+    from cogent_compiler.policy.space import ConditionRanges
 
-    space = plan_space(graph, options, data, device_t, edge_t, say)
     if options.policy:
         policy = LearnedPolicy.load(options.policy)
     else:
@@ -372,12 +426,11 @@ def rl_stage(graph: Graph, options: CompileOptions, data: Any, device_t: TargetS
             say("rl", f"policy from the cache: {path}")
         else:
             say("rl", f"training a TD3 policy: {cfg.timesteps} steps over bandwidth, RTT, edge load and device speed ({len(space.groups)} "
-                f"prune groups, {len(space.cuts)} cuts)")
+                f"prune groups, {len(space.cuts)} cuts); --planner single-cut skips this")
             policy = train_policy(space, cfg, path, ranges=ranges, progress_bar=False,
                                   callback=lambda step, r: say("rl", f"step {step}/{cfg.timesteps}: mean reward {r:.3f}") or True)
             say("rl", f"trained in {policy.info['train_s']:.0f}s ({policy.info['accuracy_evaluations']} plans measured for accuracy); "
                 f"saved {path}")
-    c = Conditions(options.bandwidth_bps / 1e6, options.rtt_s * 1e3, options.edge_load, 1.0, options.max_accuracy_drop)
     ratios, cut, info = policy.answer(space, c)
     say("rl", f"answered in {info['answer_ms']:.1f} ms: {sum(1 for r in ratios.values() if r > 0)} groups pruned, cut at {', '.join(cut)} "
         f"(predicted {info['latency_ms']:.1f} ms)")
@@ -431,12 +484,16 @@ def compile(
     shutil.rmtree(staging, ignore_errors=True)
 
     rl_info = None
-    if options.planner == "rl" and not options.cut:
+    if options.planner in JOINT_PLANNERS and not options.cut:
         t = time.perf_counter()
-        ratios, rl_cut, rl_info = rl_stage(graph, options, data, device_t, edge_t, say)
-        rl_info.pop("priced_graph")
-        options = dataclasses.replace(options, prune=0.0, prune_ratios=ratios, cut=rl_cut)
-        timings["rl"] = time.perf_counter() - t
+        answer = joint_stage(graph, options, data, device_t, edge_t, say)
+        if answer is None:
+            options = dataclasses.replace(options, planner="single-cut")
+        else:
+            ratios, joint_cut, rl_info = answer
+            rl_info.pop("priced_graph")
+            options = dataclasses.replace(options, prune=0.0, prune_ratios=ratios, cut=joint_cut)
+        timings[options.planner] = time.perf_counter() - t
 
     t = time.perf_counter()
     unpruned = graph

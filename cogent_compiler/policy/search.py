@@ -87,7 +87,8 @@ def random_search(space: PlanSpace, c: Conditions, budget: int, seed: int = 0) -
     return _run("random", space, c, go)
 
 
-def optuna_search(space: PlanSpace, c: Conditions, budget: int, seed: int = 0) -> SearchResult:
+def optuna_search(space: PlanSpace, c: Conditions, budget: int, seed: int = 0, *, exact_cut: bool = False) -> SearchResult:
+    """TPE over the ratios and the cut; ``exact_cut`` pairs each trial's ratios with their fastest cut instead (``--planner optuna``)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -97,10 +98,14 @@ def optuna_search(space: PlanSpace, c: Conditions, budget: int, seed: int = 0) -
 
         def objective(trial: Any) -> float:
             ratios = {g: trial.suggest_float(f"r{i}", 0.0, space.max_ratio) for i, g in enumerate(space.groups)}
-            cut = space.cuts[trial.suggest_int("cut", 0, len(space.cuts) - 1)]
             result.evaluations += 1
             ok, acc = space.feasible(ratios, c)
-            latency = space.price(ratios, cut, c).total_ms
+            if exact_cut:
+                cut, priced = space.best_cut(ratios, c)
+                latency = priced.total_ms
+            else:
+                cut = space.cuts[trial.suggest_int("cut", 0, len(space.cuts) - 1)]
+                latency = space.price(ratios, cut, c).total_ms
             if not ok:
                 return 2.0 * device_only  # worse than any feasible plan
             result.offer(ratios, cut, latency, acc)

@@ -150,3 +150,51 @@ def test_search_baselines_spend_their_budget_and_never_lose_to_partitioning_alon
     assert ok and acc == result.accuracy
     assert result.latency_ms == pytest.approx(digits_space.price(result.ratios, result.cut, c).total_ms)
     assert result.to_json()["evaluations"] == 12
+
+
+def test_the_default_planner_is_the_policy_and_without_data_it_chooses_the_cut_exactly(tmp_path, capsys):
+    import json
+
+    from cogent_compiler.cli import main
+
+    common = ["tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--device-gmacs", "0.05", "--edge-gmacs", "50", "--bandwidth", "1mbit"]
+    assert main(["plan", *common, "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert "policy" not in default  # nothing was trained: there are no ratios to learn without data
+    assert main(["plan", *common, "--planner", "single-cut", "--json", "-q"]) == 0
+    exact = json.loads(capsys.readouterr().out)
+    assert default["chosen"]["cut"] == exact["chosen"]["cut"] and default["chosen"]["predicted"] == exact["chosen"]["predicted"]
+    assert main(["plan", *common]) == 0
+    assert "rl: no --data to measure accuracy on, so nothing is pruned; the cut alone is chosen, exactly" in capsys.readouterr().err
+
+
+def test_fixed_ratios_leave_the_joint_planners_only_the_cut(digits_space):
+    from cogent_compiler.backends import resolve_target
+    from cogent_compiler.driver import CompileOptions, joint_stage
+
+    said = []
+    for planner in ("rl", "optuna"):
+        options = CompileOptions(planner=planner, prune=0.5, data="digits")
+        assert joint_stage(digits_space.graph, options, None, resolve_target("llvm"), resolve_target("llvm"),
+                           lambda stage, msg: said.append(msg)) is None
+    assert said == [f"{p}: the prune ratios are fixed (--prune / --prune-ratios); the cut alone is chosen, exactly (single-cut planner)"
+                    for p in ("rl", "optuna")]
+
+
+def test_the_optuna_planner_prunes_and_cuts_and_the_compile_holds_it_to_the_budget(tmp_path, digits_space):
+    import json
+
+    from cogent_compiler.driver import CompileOptions, compile
+
+    out = tmp_path / "out"
+    options = CompileOptions(planner="optuna", search_budget=6, max_accuracy_drop=0.05, device_gmacs=0.05, edge_gmacs=50,
+                             bandwidth_bps=1e6, backend="tvm", use_tunedb=False, finetune_steps=10)
+    compile(digits_space.graph, out, options, progress=lambda stage, msg: None, data=digits_space.data)
+    plan = json.loads((out / "plan.json").read_text())
+    search = plan["policy"]["search"]
+    assert plan["chosen"]["name"] == "optuna" and search["evaluations"] == 6
+    assert plan["chosen"]["cut"] == search["cut"] and any(r > 0 for r in search["ratios"].values())
+    # the bundle ships the ratios the search found, measured against the budget after fine-tuning
+    assert plan["accuracy"]["ratios"] == pytest.approx(search["ratios"], abs=1e-3)
+    assert plan["accuracy"]["drop"] <= 0.05
+    assert "optuna: TPE over prune ratios and the cut" in (out / "report.html").read_text()
