@@ -15,7 +15,7 @@ fine-tune per plan, cached; the accuracy budget is 1 point of top-1).
 ``rl``: one TD3 policy per model, trained over ranges of bandwidth, RTT,
 edge load and device speed, then asked for each case's conditions; a plan
 the oracle finds over budget is repaired as the compiler repairs it (every
-ratio halved until it fits) and the repair's evaluations are counted.  Its
+ratio scaled by a common factor found by bisection) and the repair's evaluations are counted.  Its
 ``evaluations`` are the distinct plans the oracle measured in training plus
 repairs, and every baseline gets that many for *each* case (the policy
 spends its budget once for all conditions): ``uniform`` (one ratio for all
@@ -51,17 +51,14 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "policy.json"
 CONDITIONS = ((2.0, 10.0, 1.0, 1.0), (10.0, 10.0, 1.0, 1.0), (50.0, 5.0, 2.0, 1.0), (5.0, 20.0, 1.0, 2.0))
 
 
-def _repair(space: Any, ratios: dict[str, float], c: Any) -> tuple[dict[str, float], int]:
-    """Halve every ratio until the plan is within the budget (as the compile does); (ratios, evaluations spent)."""
-    spent = 0
-    for _ in range(4):
-        before = space.accuracy.evaluations
-        ok, _ = space.feasible(ratios, c)
-        spent += space.accuracy.evaluations - before
-        if ok:
-            return ratios, spent
-        ratios = {k: v / 2 for k, v in ratios.items()}
-    return {}, spent
+def _repair(space: Any, ratios: dict[str, float], c: Any, attempts: int = 4) -> tuple[dict[str, float], int]:
+    """Scale the ratios down until the plan is within the budget, by the compile's bisection; (ratios, evaluations spent)."""
+    from cogent_compiler.accuracy.budget import bisect_scale
+
+    before = space.accuracy.evaluations
+    scale = bisect_scale(lambda k: space.feasible({g: r * k for g, r in ratios.items()}, c)[0], attempts)
+    spent = space.accuracy.evaluations - before
+    return ({g: r * scale for g, r in ratios.items()} if scale else {}), spent
 
 
 def run_model(name: str, args: argparse.Namespace, compute: tuple[Any, Any], say: Any) -> list[dict[str, Any]]:

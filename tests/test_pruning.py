@@ -84,7 +84,10 @@ def test_a_plan_over_budget_is_repaired_or_rejected(digits_graph, tmp_path):
         assert result.graph.total_macs == graph.total_macs and acc["ratios"] == {} and any("rejected" in s for s in said)
     else:
         assert acc["drop"] <= 0.0 and max(acc["ratios"].values()) < 0.9 and any("repaired" in s for s in said)
-    assert all(a["drop"] > 0.0 for a in acc["attempts"][:-1])
+    # bisection: every attempt at a larger scale than the one that ships lost too much
+    shipped = max((a["scale"] for a in acc["attempts"] if a["drop"] <= 0.0), default=0.0)
+    assert all(a["drop"] > 0.0 for a in acc["attempts"] if a["scale"] > shipped)
+    assert [a["scale"] for a in acc["attempts"]][:2] == [1.0, 0.5]
 
 
 def test_an_evaluation_function_measures_without_fine_tuning(digits_graph):
@@ -127,3 +130,20 @@ def test_a_dataloader_is_data_too(digits_graph, tmp_path):
     acc = result.accuracy
     assert acc["data"] == "dataloader" and acc["status"] in ("accepted", "repaired") and acc["top1_before"] > 0.9
     assert acc["finetune"]["seconds"] <= 10 and result.graph.total_macs < graph.total_macs
+
+
+def test_a_repair_bisects_the_scale_of_the_ratios():
+    from cogent_compiler.accuracy.budget import bisect_scale
+
+    tried = []
+
+    def up_to(limit):
+        return lambda s: tried.append(s) or s <= limit
+
+    assert bisect_scale(up_to(0.6), 4) == 0.5 and tried == [1.0, 0.5, 0.75, 0.625]
+    tried.clear()
+    assert bisect_scale(up_to(0.6), 5) == 0.5625  # one more attempt, closer to the limit
+    tried.clear()
+    assert bisect_scale(up_to(2.0), 4) == 1.0 and tried == [1.0]  # what was asked for fits: nothing more is tried
+    tried.clear()
+    assert bisect_scale(up_to(0.1), 4) is None and tried == [1.0, 0.5, 0.25, 0.125]

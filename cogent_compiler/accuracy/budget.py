@@ -4,9 +4,12 @@
 largest top-1 drop the user accepts.  It measures top-1 on the validation
 split before pruning, prunes (``PruneChannels``), measures again, fine-tunes
 within the step or time budget, and measures a third time.  If the drop after
-fine-tuning exceeds the budget the plan is *repaired*: every ratio is halved
-and the model pruned afresh from the original, up to ``attempts`` times; if no
-attempt fits, the plan is *rejected* and the model stays unpruned.  Every
+fine-tuning exceeds the budget the plan is *repaired*: every ratio is scaled
+by one common factor, found by bisection (``bisect_scale``: 1/2 first, then
+halfway between the largest scale that fit and the smallest that did not),
+the model pruned afresh from the original each time, up to ``attempts``
+attempts in all; the largest scale that fit ships.  If none fits, the plan is
+*rejected* and the model stays unpruned.  Every
 attempt and its three accuracies are in the returned ``AccuracyReport``, which
 ``plan.json`` and the report show.
 """
@@ -23,7 +26,7 @@ from cogent_compiler.errors import DataError
 from cogent_compiler.ir import Graph
 from cogent_compiler.passes.prune_channels import PruneChannels
 
-__all__ = ["AccuracyReport", "EvalFn", "prune_within_budget", "uniform_ratios"]
+__all__ = ["AccuracyReport", "EvalFn", "bisect_scale", "prune_within_budget", "uniform_ratios"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,26 @@ def uniform_ratios(groups: Any, ratio: float, overrides: Mapping[str, float] | N
     return {k: v for k, v in out.items() if v > 0}
 
 
+def bisect_scale(fits: Callable[[float], bool], attempts: int) -> float | None:
+    """The largest scale of the ratios found to fit in ``attempts`` tries: 1 first, then bisection; ``None`` if none fit.
+
+    Scale 0 (unpruned) always fits and 1 is tried first; after a failure the
+    next try is halfway between the largest scale known to fit and the
+    smallest known not to, so a plan a little over the budget loses a little
+    (0.75, 0.875 ...) where halving every ratio would lose half.
+    """
+    lo, hi, scale, best = 0.0, 1.0, 1.0, None
+    for _ in range(attempts):
+        if fits(scale):
+            best = lo = scale
+            if scale == 1.0:
+                break
+        else:
+            hi = scale
+        scale = (lo + hi) / 2
+    return best
+
+
 def prune_within_budget(
     graph: Graph,
     ratios: Mapping[str, float],
@@ -108,34 +131,45 @@ def prune_within_budget(
     before = measure(graph.module)
     say(f"top-1 before pruning {before:.4f} on {name} ({time.perf_counter() - t0:.1f}s)")
     tried: list[dict[str, Any]] = []
-    current = dict(ratios)
     if isinstance(data, Dataset) and finetune_steps is None and finetune_time_s is None:
         finetune_steps = 300
-    for attempt in range(attempts):
+    found: dict[float, tuple[Graph, dict[str, float], float, float | None, dict[str, Any]]] = {}
+
+    def fits(scale: float) -> bool:
+        attempt = len(tried) + 1
+        current = {k: v * scale for k, v in ratios.items()}
         pruned = PruneChannels(current)(graph)
         acc_pruned = measure(pruned.module)
-        say(f"attempt {attempt + 1}: pruned to {pruned.total_macs / max(graph.total_macs, 1):.0%} of the MACs, top-1 {acc_pruned:.4f}")
+        say(f"attempt {attempt}: ratios x{scale:g}, pruned to {pruned.total_macs / max(graph.total_macs, 1):.0%} of the MACs, "
+            f"top-1 {acc_pruned:.4f}")
         stats: dict[str, Any] = {}
         acc_ft = None
         if isinstance(data, Dataset):
             stats = finetune(pruned.module, data, steps=finetune_steps, time_s=finetune_time_s, progress=say)
             acc_ft = measure(pruned.module)
-            say(f"attempt {attempt + 1}: top-1 after fine-tuning {acc_ft:.4f} ({stats.get('steps')} steps, {stats.get('seconds', 0):.1f}s)")
+            say(f"attempt {attempt}: top-1 after fine-tuning {acc_ft:.4f} ({stats.get('steps')} steps, {stats.get('seconds', 0):.1f}s)")
         after = acc_ft if acc_ft is not None else acc_pruned
-        tried.append({"ratios": dict(sorted(current.items())), "macs": pruned.total_macs, "top1_pruned": acc_pruned,
+        tried.append({"scale": scale, "ratios": dict(sorted(current.items())), "macs": pruned.total_macs, "top1_pruned": acc_pruned,
                       "top1_finetuned": acc_ft, "drop": before - after})
-        if before - after <= max_drop:
-            status = "accepted" if attempt == 0 else "repaired"
-            if status == "repaired":
-                say(f"repaired: the ratios asked for lost {tried[0]['drop']:.4f} top-1 (> {max_drop}); halved {attempt} time(s) they lose {before - after:.4f}")
-            shipped = pruned
-            if stats:  # fine-tuning changed the weights PruneChannels exported: export the fine-tuned model (in eval mode)
-                from cogent_compiler.passes.prune_channels import retrace
+        if before - after > max_drop:
+            say(f"attempt {attempt}: top-1 drop {before - after:.4f} exceeds --max-accuracy-drop {max_drop}")
+            return False
+        found[scale] = (pruned, current, acc_pruned, acc_ft, stats)
+        return True
 
-                shipped = retrace(graph, pruned.module.eval())
-            return shipped, AccuracyReport(status, current, name, max_drop, before, acc_pruned, acc_ft, graph.total_macs,
-                                           shipped.total_macs, stats, tuple(tried))
-        say(f"attempt {attempt + 1}: top-1 drop {before - after:.4f} exceeds --max-accuracy-drop {max_drop}; halving every ratio")
-        current = {k: v / 2 for k, v in current.items()}
+    scale = bisect_scale(fits, attempts)
+    if scale is not None:
+        pruned, current, acc_pruned, acc_ft, stats = found[scale]
+        status = "accepted" if scale == 1.0 else "repaired"
+        if status == "repaired":
+            say(f"repaired: the ratios asked for lost {tried[0]['drop']:.4f} top-1 (> {max_drop}); scaled by {scale:g} they lose "
+                f"{before - (acc_ft if acc_ft is not None else acc_pruned):.4f}")
+        shipped = pruned
+        if stats:  # fine-tuning changed the weights PruneChannels exported: export the fine-tuned model (in eval mode)
+            from cogent_compiler.passes.prune_channels import retrace
+
+            shipped = retrace(graph, pruned.module.eval())
+        return shipped, AccuracyReport(status, current, name, max_drop, before, acc_pruned, acc_ft, graph.total_macs,
+                                       shipped.total_macs, stats, tuple(tried))
     say(f"rejected: no pruning within --max-accuracy-drop {max_drop} after {attempts} attempts; the model ships unpruned")
     return graph, AccuracyReport("rejected", {}, name, max_drop, before, None, None, graph.total_macs, graph.total_macs, {}, tuple(tried))

@@ -58,6 +58,8 @@ class AgentConfig:
     learning_starts: int = 300
     width: int = 64
     batch_size: int = 64
+    #: critic/actor updates per environment step: each step's reward costs an accuracy measurement, updates are cheap
+    gradient_steps: int = 1
     seed: int = 0
 
 
@@ -68,6 +70,7 @@ def _agent(env: Any, cfg: AgentConfig) -> Any:
     noise = NormalActionNoise(np.zeros(1), np.full(1, cfg.noise_sigma))
     return TD3("MlpPolicy", env, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size, gamma=cfg.gamma,
                learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, action_noise=noise, seed=cfg.seed,
+               gradient_steps=cfg.gradient_steps,
                policy_kwargs={"net_arch": [cfg.width, cfg.width]}, verbose=0, device="cpu")
 
 
