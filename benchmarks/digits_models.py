@@ -82,3 +82,50 @@ def mobile_digits() -> Any:
 
 
 MODELS = {"vgg_digits": vgg_digits, "resnet_digits": resnet_digits, "mobile_digits": mobile_digits}
+
+
+def resnet18_digits() -> Any:
+    """torchvision's ResNet-18, 10 classes: the torchvision architecture the end-to-end policy run trains on digits (3x64x64)."""
+    import torchvision
+
+    return torchvision.models.resnet18(weights=None, num_classes=10)
+
+
+#: the trained models ``benchmarks/e2e.py --policy`` compiles: (architecture, input shape, training steps)
+TRAINED = {"vgg_digits": (vgg_digits, (1, 1, 32, 32), 1000), "resnet18_digits": (resnet18_digits, (1, 3, 64, 64), 600)}
+
+
+def trained(name: str, seed: int = 0) -> Any:
+    """``TRAINED[name]`` trained on digits (Adam, seeded), its weights cached as a state dict in ``~/.cache/cogent/digits-models``.
+
+    The cache holds tensors only and is read with ``torch.load(weights_only=True)``: no code runs.
+    """
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from cogent_compiler.accuracy import finetune, load_data
+
+    make, shape, steps = TRAINED[name]
+    root = Path(os.environ.get("COGENT_DIGITS_MODELS", Path.home() / ".cache" / "cogent" / "digits-models"))
+    path = root / f"{name}-{'x'.join(map(str, shape))}-{steps}-seed{seed}.pt"
+    torch.manual_seed(seed)
+    model = make()
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        finetune(model, load_data("digits", shape, 10, seed=seed), steps=steps, lr=2e-3, seed=seed)
+        root.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def vgg_digits_trained() -> Any:
+    """Factory for ``cogentc benchmarks.digits_models:vgg_digits_trained --input-shape 1,1,32,32``."""
+    return trained("vgg_digits")
+
+
+def resnet18_digits_trained() -> Any:
+    """Factory for ``cogentc benchmarks.digits_models:resnet18_digits_trained --input-shape 1,3,64,64``."""
+    return trained("resnet18_digits")

@@ -14,6 +14,20 @@ quota; edge: one full core; link shaped with tbf):
 Writes ``benchmarks/results/e2e.json``.  Needs root (namespaces, tc, cgroups).
 Run: ``sudo .venv/bin/python benchmarks/e2e.py`` (about 30-60 min), or
 ``--smoke`` for a one-minute check on a tiny model.
+
+``--policy`` measures the learned policy's plans instead (pruning + partition,
+``cogentc --planner rl``) on models trained on scikit-learn's digits inside
+the benchmark (``benchmarks/digits_models.py``: a VGG-style CNN at 1x32x32
+and torchvision's ResNet-18 at 3x64x64), so accuracy is measured: the
+compile prunes by the policy's answer, fine-tunes and holds top-1 on
+held-out digits to ``--max-drop``.  Per model, one policy is trained (over
+ranges of bandwidth, RTT, edge load and device speed) at the first
+bandwidth's compile and answers the others from the cache.  Per case:
+device-only, edge-only and the best single cut of the *unpruned* model,
+all measured; ``speedup_vs_device_only`` and
+``speedup_vs_best_partition_only`` (the fastest of those three, measured:
+what partitioning alone reaches).  Writes ``results/e2e-policy.json``:
+``sudo .venv/bin/python benchmarks/e2e.py --policy`` (about 40 min).
 """
 
 from __future__ import annotations
@@ -28,10 +42,14 @@ from pathlib import Path
 import torch
 import torchvision
 
-from cogent_compiler.cli import main as cogentc
-from cogent_compiler.frontend import load_model, trace
-from cogent_compiler.testbed.bench import BenchConfig, bench_bundle
-from cogent_compiler.testbed.machine import machine_info
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmarks.digits_models: the --policy models' factories
+    sys.path.insert(0, str(REPO))
+
+from cogent_compiler.cli import main as cogentc  # noqa: E402
+from cogent_compiler.frontend import load_model, trace  # noqa: E402
+from cogent_compiler.testbed.bench import BenchConfig, bench_bundle  # noqa: E402
+from cogent_compiler.testbed.machine import machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 MODELS = ("resnet18", "mobilenet_v2", "resnet50", "vgg16")
@@ -124,6 +142,104 @@ def run_model(name: str, work: Path, args: argparse.Namespace, say) -> list[dict
     return cases
 
 
+#: --policy: the digits-trained models (benchmarks/digits_models.py TRAINED)
+POLICY_MODELS = ("vgg_digits", "resnet18_digits")
+
+
+def measured_plan(m: dict, predicted: float | None) -> dict:
+    return {"measured_ms": m["median_ms"], "p95_ms": m["p95_ms"], "predicted_ms": predicted, "cut": m.get("cut"),
+            **{k: m[k] for k in m if k.endswith("_bytes")}}
+
+
+def run_policy_model(name: str, work: Path, args: argparse.Namespace, say) -> list[dict]:
+    """The policy's plans (pruning + cut) for one digits-trained model at every bandwidth, beside partitioning alone."""
+    import os
+
+    import numpy as np
+
+    from benchmarks.digits_models import TRAINED, trained
+
+    shape = TRAINED[name][1]
+    spec = f"benchmarks.digits_models:{name}_trained"
+    model_flags = [spec, "--input-shape", ",".join(map(str, shape))]
+    t = time.time()
+    trained(name)  # trains once (seeded), cached; the factory the compiles load reads the cache
+    say("train", f"{name}: trained on digits ({time.time() - t:.0f}s)")
+    macs = trace(load_model(spec, input_shape=shape)).total_macs
+    np.save(work / "x.npy", np.random.default_rng(0).standard_normal(shape).astype("float32"))
+    os.environ["COGENT_POLICIES"] = str(work / "policies")  # this run's own policies, trained here
+
+    def compile_model(out: Path, *flags: str) -> dict:
+        code = cogentc([*model_flags, "-o", str(out), "--target", "llvm,llvm", "-q", *TRANSFER_DTYPE, *flags])
+        if code != 0:
+            raise SystemExit(f"cogentc failed on {spec} {flags}")
+        return json.loads((out / "plan.json").read_text())
+
+    config = BenchConfig(bandwidth_bps=args.bandwidths[0] * 1e6, device_quota=args.quota, requests=args.requests, containers=args.containers)
+    dev_only = work / f"{name}-device-only"
+    compile_model(dev_only, "--planner", "device")
+    base = bench_bundle(dev_only, config, plans=("device_eager", "chosen"), progress=say, work=work / f"{name}-calib")
+    device_ms = base["plans"]["chosen"]["median_ms"]
+    edge_ms = edge_speed_ms(dev_only, config.edge_cpu, min(args.requests, 10))
+    gmacs = ["--device-gmacs", f"{macs / device_ms / 1e6:.4f}", "--edge-gmacs", f"{macs / edge_ms / 1e6:.4f}"]
+    say("calibrate", f"{name}: device {macs / device_ms / 1e6:.2f} GMAC/s (quota {args.quota}), edge {macs / edge_ms / 1e6:.2f} GMAC/s")
+
+    cases = []
+    for bw in args.bandwidths:
+        link = ["--bandwidth", f"{bw}mbit", "--rtt", "0ms", *gmacs]
+        t = time.time()
+        rl_out = work / f"{name}-{bw}mbit-rl"
+        rl_plan = compile_model(rl_out, "--planner", "rl", "--data", "digits", "--max-accuracy-drop", str(args.max_drop),
+                                "--rl-steps", str(args.rl_steps), *link)
+        compile_s = time.time() - t
+        part_out = work / f"{name}-{bw}mbit-partition"
+        part_plan = compile_model(part_out, "--planner", "single-cut", *link)
+        cfg = BenchConfig(bandwidth_bps=bw * 1e6, device_quota=args.quota, requests=args.requests, containers=args.containers)
+        r_rl = bench_bundle(rl_out, cfg, plans=("chosen",), progress=say, work=work / f"{name}-{bw}mbit-rl-bench")
+        r_part = bench_bundle(part_out, cfg, plans=("chosen", "edge_only"), progress=say, work=work / f"{name}-{bw}mbit-partition-bench")
+        plans = {
+            "rl": measured_plan(r_rl["plans"]["chosen"], rl_plan["chosen"]["predicted"]["total_ms"]),
+            "single_cut": measured_plan(r_part["plans"]["chosen"], part_plan["chosen"]["predicted"]["total_ms"]),
+            "edge_only": measured_plan(r_part["plans"]["edge_only"], part_plan["baselines"]["edge_only"]["predicted"]["total_ms"]),
+            "device_only": measured_plan(base["plans"]["chosen"], part_plan["baselines"]["device_only"]["predicted"]["total_ms"]),
+            "device_eager": measured_plan(base["plans"]["device_eager"], None),
+        }
+        # the unpruned plans must reproduce the model; the pruned one is a different (fine-tuned) model: its accuracy says how good it is
+        for k in ("single_cut", "edge_only", "device_only"):
+            src = {"single_cut": r_part["plans"]["chosen"], "edge_only": r_part["plans"]["edge_only"], "device_only": base["plans"]["chosen"]}[k]
+            plans[k]["max_abs_error"] = src["max_abs_error"]
+        rl_ms = plans["rl"]["measured_ms"]
+        best_partition = min(("device_only", "edge_only", "single_cut"), key=lambda k: plans[k]["measured_ms"])
+        acc = rl_plan.get("accuracy") or {}
+        policy = rl_plan.get("policy") or {}
+        cases.append({
+            "model": name,
+            "input": list(shape),
+            "bandwidth_mbps": bw,
+            "macs": macs,
+            "macs_after_pruning": acc.get("macs_after", macs),
+            "calibration": {"device_gmacs": macs / device_ms / 1e6, "edge_gmacs": macs / edge_ms / 1e6},
+            "plans": plans,
+            "rl_cut": rl_plan["chosen"]["cut"],
+            "rl_ratios": rl_plan["chosen"].get("prune_ratios", {}),
+            "accuracy": {k: acc.get(k) for k in ("status", "data", "top1_before", "top1_pruned", "top1_finetuned", "drop",
+                                                 "max_accuracy_drop", "finetune") if k in acc},
+            "policy": {k: policy.get(k) for k in ("answer_ms", "conditions", "predicted_ms")} | {
+                "train_s": (policy.get("policy_info") or {}).get("train_s"),
+                "timesteps": (policy.get("policy_info") or {}).get("timesteps"),
+                "accuracy_evaluations": (policy.get("policy_info") or {}).get("accuracy_evaluations")},
+            "rl_compile_s": round(compile_s, 1),
+            "speedup_vs_device_only": plans["device_only"]["measured_ms"] / rl_ms,
+            "speedup_vs_device_eager": plans["device_eager"]["measured_ms"] / rl_ms,
+            "best_partition_only": best_partition,
+            "speedup_vs_best_partition_only": plans[best_partition]["measured_ms"] / rl_ms,
+        })
+        c = cases[-1]
+        say("case", f"{name} @ {bw} Mbit/s: rl cut {c['rl_cut']}, {rl_ms:.1f} ms, {c['speedup_vs_device_only']:.2f}x vs device-only, "
+            f"{c['speedup_vs_best_partition_only']:.2f}x vs best partition-only ({best_partition}); top-1 drop {acc.get('drop')}")
+    return cases
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="*", default=list(MODELS))
@@ -137,9 +253,22 @@ def main() -> int:
     p.add_argument("--transfer-dtype", default="float32", choices=("auto", "float32", "float16"),
                    help="how the bundles send float32 tensors (cogentc --transfer-dtype; default float32: bit-exact, as committed)")
     p.add_argument("--smoke", action="store_true", help="resnet18 at 64x64, one bandwidth, 5 requests, quota 0.5")
+    p.add_argument("--policy", action="store_true", help="the learned policy's plans (pruning + cut) on digits-trained models, "
+                   f"accuracy measured; --models default {','.join(POLICY_MODELS)}; writes results/e2e-policy.json")
+    p.add_argument("--rl-steps", type=int, default=3000, help="--policy: TD3 steps per model's policy (cogentc --rl-steps)")
+    p.add_argument("--max-drop", type=float, default=0.01, help="--policy: accuracy budget, a fraction of top-1 (default 0.01)")
     args = p.parse_args()
+    if args.policy:
+        if args.models == list(MODELS):
+            args.models = list(POLICY_MODELS)
+        if args.out == ROOT / "results" / "e2e.json":
+            args.out = ROOT / "results" / "e2e-policy.json"
+        if "--transfer-dtype" not in sys.argv:
+            args.transfer_dtype = "auto"  # the compiler's default
     if args.smoke:
         args.models, args.bandwidths, args.requests, args.size, args.quota = ["resnet18"], [20.0], 5, 64, 0.5
+        if args.policy:
+            args.models, args.rl_steps = ["vgg_digits"], 120
     args.bandwidths = [int(b) if float(b).is_integer() else b for b in args.bandwidths]
     TRANSFER_DTYPE[1] = args.transfer_dtype
     args.work.mkdir(parents=True, exist_ok=True)
@@ -150,7 +279,7 @@ def main() -> int:
 
     cases = []
     for name in args.models:
-        cases += run_model(name, args.work, args, say)
+        cases += (run_policy_model if args.policy else run_model)(name, args.work, args, say)
     result = {
         "benchmark": "e2e",
         "machine": machine_info(),
@@ -160,7 +289,9 @@ def main() -> int:
                   "backends": "as the compiler chose per half (see each bundle's manifest)",
                   "mode": "containers" if args.containers else "processes", "requests": args.requests,
                   "transfer_dtype": args.transfer_dtype,
-                  "input": f"1x3x{args.size}x{args.size}", "wall_s": round(time.time() - t0, 1)},
+                  "input": "per case" if args.policy else f"1x3x{args.size}x{args.size}", "wall_s": round(time.time() - t0, 1),
+                  **({"planner": "rl (cogentc --planner rl --data digits)", "rl_steps": args.rl_steps, "max_drop": args.max_drop,
+                      "data": "scikit-learn digits, held-out split", "weights": "trained in the benchmark, seeded"} if args.policy else {})},
         "cases": cases,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
