@@ -408,13 +408,13 @@ def rl_stage(space: Any, graph: Graph, options: CompileOptions, c: Any,
     import hashlib
     import os
 
-    from cogent_compiler.policy.rl import AgentConfig, LearnedPolicy, train_policy
+    from cogent_compiler.policy.rl import LearnedPolicy, default_config, train_policy
     from cogent_compiler.policy.space import ConditionRanges
 
     if options.policy:
         policy = LearnedPolicy.load(options.policy)
     else:
-        cfg = AgentConfig(timesteps=options.rl_timesteps)
+        cfg = default_config(options.rl_timesteps)
         ranges = ConditionRanges(max_drop=(options.max_accuracy_drop, options.max_accuracy_drop))  # trained for the user's budget
         ident = json.dumps([graph.name, space.groups, space.cuts, space.device.to_json(), space.edge.to_json(), options.data,
                             dataclasses.asdict(cfg), dataclasses.asdict(ranges), options.transfer_dtype], sort_keys=True, default=str)

@@ -69,3 +69,8 @@ def test_policy_benchmark_smoke(tmp_path):
             assert name == "rl" or m["latency_ms"] <= case["partition_only_ms"] + 1e-6
         assert case["rl_vs_best_baseline"] == round(case["methods"]["rl"]["latency_ms"] / min(
             case["methods"][m]["latency_ms"] for m in ("uniform", "random", "optuna")), 4)
+        # every final plan checked again as a compile checks it: within the budget there too, and never slower than before the check
+        for m in case["methods"].values():
+            v = m["validated"]
+            assert v["checks"] >= 0 and case["top1_unpruned_validated"] - v["accuracy"] <= 0.01 + 1e-9
+            assert v["latency_ms"] <= case["partition_only_ms"] + 1e-6
