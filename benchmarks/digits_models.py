@@ -85,14 +85,14 @@ MODELS = {"vgg_digits": vgg_digits, "resnet_digits": resnet_digits, "mobile_digi
 
 
 def resnet18_digits() -> Any:
-    """torchvision's ResNet-18, 10 classes: the torchvision architecture the end-to-end policy run trains on digits (3x64x64)."""
+    """torchvision's ResNet-18, 10 classes: the torchvision architecture the end-to-end policy run trains on digits (3x128x128)."""
     import torchvision
 
     return torchvision.models.resnet18(weights=None, num_classes=10)
 
 
 #: the trained models ``benchmarks/e2e.py --policy`` compiles: (architecture, input shape, training steps)
-TRAINED = {"vgg_digits": (vgg_digits, (1, 1, 32, 32), 1000), "resnet18_digits": (resnet18_digits, (1, 3, 64, 64), 600)}
+TRAINED = {"vgg_digits": (vgg_digits, (1, 1, 32, 32), 1000), "resnet18_digits": (resnet18_digits, (1, 3, 128, 128), 400)}
 
 
 def trained(name: str, seed: int = 0) -> Any:
@@ -127,5 +127,5 @@ def vgg_digits_trained() -> Any:
 
 
 def resnet18_digits_trained() -> Any:
-    """Factory for ``cogentc benchmarks.digits_models:resnet18_digits_trained --input-shape 1,3,64,64``."""
+    """Factory for ``cogentc benchmarks.digits_models:resnet18_digits_trained --input-shape 1,3,128,128``."""
     return trained("resnet18_digits")
