@@ -11,6 +11,7 @@ from gymnasium.utils.env_checker import check_env
 from torch import nn
 
 from cogent_compiler.accuracy import finetune, load_data
+from cogent_compiler.accuracy.budget import bisect_scale
 from cogent_compiler.cost import ComputeModel
 from cogent_compiler.errors import PlanError
 from cogent_compiler.frontend import from_module, trace
@@ -48,17 +49,29 @@ def test_the_environment_passes_gymnasiums_checker(digits_space):
     assert steps == len(digits_space.groups) == 2  # one per prune group; the cut follows exactly
     assert reward < 0 and info["ratios"] == {g: pytest.approx(0.35) for g in digits_space.groups}
     assert info["latency_ms"] == pytest.approx(-reward * info["device_only_ms"]) or not info["feasible"]
-    cut, best = digits_space.best_cut(info["ratios"], Conditions(bandwidth_mbps=5.0))
+    # the plan priced is the one that ships: the ratios asked for, or their repair when over the budget
+    assert info["repaired_ratios"] == info["ratios"] or not info["feasible"]
+    cut, best = digits_space.best_cut(info["repaired_ratios"], Conditions(bandwidth_mbps=5.0))
     assert info["cut"] == cut and info["latency_ms"] == pytest.approx(best.total_ms)
 
 
-def test_an_over_budget_plan_is_penalised(digits_space):
+def test_an_over_budget_plan_is_repaired_as_the_compile_repairs_it_at_a_cost(digits_space):
+    c = Conditions(max_drop=0.0)
     env = PruneCutEnv(digits_space)
-    env.reset(options={"conditions": Conditions(max_drop=0.0)})
+    env.reset(options={"conditions": c})
     for _ in digits_space.groups:  # prune 70 % of every group, no fine-tuning: accuracy falls
         _, reward, _, _, info = env.step(np.array([1.0], np.float32))
     assert not info["feasible"] and info["accuracy"] < digits_space.accuracy.baseline
-    assert reward < -1.0  # worse than running the unpruned model on the device
+    repaired = info["repaired_ratios"]
+    assert all(repaired.get(g, 0.0) < r for g, r in info["ratios"].items()) and digits_space.feasible(repaired, c)[0]
+    cut, best = digits_space.best_cut(repaired, c)
+    assert info["cut"] == cut and reward == pytest.approx(-min(best.total_ms / info["device_only_ms"], 4.0) - env.repair_cost)
+    # without repairs, the penalty: worse than running the unpruned model on the device
+    env = PruneCutEnv(digits_space, repair_attempts=0)
+    env.reset(options={"conditions": c})
+    for _ in digits_space.groups:
+        _, reward, _, _, info = env.step(np.array([1.0], np.float32))
+    assert not info["feasible"] and reward < -1.0
 
 
 def _cut_only_space() -> PlanSpace:
@@ -83,9 +96,14 @@ def test_td3_learns_to_prune_where_it_pays(digits_space, tmp_path):
     c = Conditions(bandwidth_mbps=0.2, rtt_ms=1.0)
     ratios, cut, info = loaded.answer(space, c)
     _, unpruned = space.best_cut({}, c)
-    ok, acc = space.feasible(ratios, c)
+    # what ships: the answer, repaired into the budget as the compile repairs it (the agent learned with the same repair)
+    scale = bisect_scale(lambda k: space.feasible({g: r * k for g, r in ratios.items()}, c)[0], 4)
+    assert scale is not None and scale >= 0.5
+    shipped = {g: r * scale for g, r in ratios.items()}
+    ok, acc = space.feasible(shipped, c)
     assert ok and oracle.baseline - acc <= c.max_drop
-    assert info["latency_ms"] < 0.6 * unpruned.total_ms, (ratios, cut, info["latency_ms"], unpruned.total_ms)
+    _, best = space.best_cut(shipped, c)
+    assert best.total_ms < 0.6 * unpruned.total_ms, (ratios, scale, best.total_ms, unpruned.total_ms)
     assert info["answer_ms"] < 100
     assert loaded.weights[0][0].shape == policy.weights[0][0].shape and loaded.info["timesteps"] == 600
     assert 0 < loaded.info["accuracy_evaluations"] <= 600
