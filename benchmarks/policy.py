@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise SystemExit(f"--models {','.join(unknown)}: unknown; choose from {', '.join(MODELS)}")
-    from benchmarks.common import machine, write_result
+    from benchmarks.common import write_result
     from cogent_compiler.cost import ComputeModel
 
     if args.flags_compute:
@@ -178,10 +178,20 @@ def main(argv: list[str] | None = None) -> int:
     cases: list[dict[str, Any]] = []
     for name in models:
         cases += run_model(name, args, compute, say)
+        # written after every model (``partial`` until the last): a long run stopped early keeps what it measured
+        write_result(args.output, _result(args, argv, profiles, cases, t0, partial=name != models[-1]))
+    return 0
+
+
+def _result(args: argparse.Namespace, argv: list[str] | None, profiles: dict[str, Any], cases: list[dict[str, Any]], t0: float,
+            partial: bool) -> dict[str, Any]:
+    from benchmarks.common import machine
+
     ratios = [c["rl_vs_best_baseline"] for c in cases]
     checked = [c["rl_vs_best_baseline_validated"] for c in cases]
-    result = {
+    return {
         "benchmark": "policy",
+        "partial": partial,
         "machine": machine(),
         "command": "python benchmarks/policy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "note": "latencies are PREDICTED by the latency model on the pruned IR; accuracies are the oracle's (held-out digits after "
@@ -199,8 +209,6 @@ def main(argv: list[str] | None = None) -> int:
                                   "worst_rl_vs_best_baseline": max(checked) if checked else None}},
         "wall_s": round(time.time() - t0, 1),
     }
-    write_result(args.output, result)
-    return 0
 
 
 if __name__ == "__main__":
