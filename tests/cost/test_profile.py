@@ -203,7 +203,9 @@ def test_a_measured_profile_predicts_an_unmeasured_channel_count(measured, tmp_p
     assert at_input.attrs["boundary"] and not any("conv2d" in k for k in at_input.kernels) and "max_pool2d:boundary" in profile.fits
     conv = next(s for s in profile.samples if s.key == "conv2d k3 s1 g1 64->64 @14")
     assert conv.macs == 64 * 64 * 9 * 14 * 14 and conv.ms > 0 and conv.runs >= 7
-    assert "fused_conv2d_add_relu" in conv.kernels and conv.wall_ms >= conv.ms
+    # the kernel is timed by the profiler and the whole call by the wall clock, in separate runs: on a shared machine
+    # either can be the larger (a busy neighbour made the kernel's runs 1.6x the call's), so only both are checked present
+    assert "fused_conv2d_add_relu" in conv.kernels and conv.wall_ms > 0
     # measure 48 channels (never in the profile) and compare with the prediction
     held_out = measure_profile("llvm", tmp_path / "held.json", budget_s=60, layers=[LayerSpec("conv2d", 48, 48, 14, 3)])
     truth = held_out.samples[0]
