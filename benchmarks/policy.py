@@ -57,12 +57,9 @@ CONDITIONS = ((2.0, 10.0, 1.0, 1.0), (10.0, 10.0, 1.0, 1.0), (50.0, 5.0, 2.0, 1.
 
 def _repair(space: Any, ratios: dict[str, float], c: Any, attempts: int = 4) -> tuple[dict[str, float], int]:
     """Scale the ratios down until the plan is within the budget, by the compile's bisection; (ratios, evaluations spent)."""
-    from cogent_compiler.accuracy.budget import bisect_scale
-
     before = space.accuracy.evaluations
-    scale = bisect_scale(lambda k: space.feasible({g: r * k for g, r in ratios.items()}, c)[0], attempts)
-    spent = space.accuracy.evaluations - before
-    return ({g: r * scale for g, r in ratios.items()} if scale else {}), spent
+    fixed = space.repair(ratios, c, attempts)
+    return fixed, space.accuracy.evaluations - before
 
 
 def run_model(name: str, args: argparse.Namespace, compute: tuple[Any, Any], say: Any) -> list[dict[str, Any]]:

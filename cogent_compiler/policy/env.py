@@ -119,14 +119,8 @@ class PruneCutEnv(gym.Env[np.ndarray, np.ndarray]):
         ok, acc = self.space.feasible(self.ratios, c) if self.measure_accuracy else (True, None)
         shipped: dict[str, float] = dict(self.ratios)
         if not ok and self.repair_attempts > 0:
-            from cogent_compiler.accuracy.budget import bisect_scale
-
-            def scaled(k: float) -> dict[str, float]:
-                return {g: r * k for g, r in self.ratios.items()}
-
             # scale 1 is known to fail (the oracle caches it): repair_attempts more measurements at most
-            scale = bisect_scale(lambda k: self.space.feasible(scaled(k), c)[0], self.repair_attempts + 1)
-            shipped = scaled(scale) if scale else {}
+            shipped = self.space.repair(self.ratios, c, self.repair_attempts + 1)
         cut, latency = self.space.best_cut(shipped, c)
         if ok or self.repair_attempts > 0:
             # capped: past 4x device-only every plan is simply bad, and huge rewards only slow the critics down

@@ -223,6 +223,13 @@ class PlanSpace:
         scored = [(cut, model.estimate(partition_at(graph, cut))) for cut in self.cuts]
         return min(scored, key=lambda s: s[1].total_ms)
 
+    def repair(self, ratios: Mapping[str, float], c: Conditions, attempts: int) -> dict[str, float]:
+        """``ratios`` scaled into the accuracy budget as the compile scales them (``bisect_scale``, ``attempts`` checks); {} if none fits."""
+        from cogent_compiler.accuracy.budget import bisect_scale
+
+        scale = bisect_scale(lambda k: self.feasible({g: r * k for g, r in ratios.items()}, c)[0], attempts)
+        return {g: r * scale for g, r in ratios.items()} if scale else {}
+
     def feasible(self, ratios: Mapping[str, float], c: Conditions) -> tuple[bool, float | None]:
         """(within the accuracy budget, top-1); no ratios is always feasible."""
         if not any(v > 0 for v in ratios.values()):
