@@ -34,6 +34,18 @@ CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 PREFIX = "cgnt"
 
 
+def tbf_burst(rate_bps: int) -> int:
+    """The token bucket of a ``rate_bps`` link: 1 ms of bytes, at least two full-size frames.
+
+    The bucket is what passes at line speed after a pause, and the runtime's
+    requests come after pauses (the device computing): a first version gave
+    it 10 ms of bytes (at least 32 KiB), and at 100 Mbit/s a whole 96 KiB
+    tensor slipped through in the burst -- the "100 Mbit/s" link moved it
+    in a fraction of the 7.9 ms a real one takes.
+    """
+    return max(2 * 1514, rate_bps // 8 // 1000)
+
+
 class TestbedError(CogentError):
     """The emulated deployment could not be set up."""
 
@@ -197,9 +209,8 @@ class Testbed:
             _run("ip", "-n", ns, "link", "set", ifname, "up")
             _run("ip", "-n", ns, "link", "set", "lo", "up")
             rate = int(self.link.bandwidth_bps)
-            burst = max(32 * 1024, rate // 8 // 100)  # at least 10 ms worth of bytes
             _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", ifname, "root", "tbf",
-                 "rate", f"{rate}bit", "burst", str(burst), "latency", "400ms")
+                 "rate", f"{rate}bit", "burst", str(tbf_burst(rate)), "latency", "400ms")
         if self.device_quota is not None:
             if not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
                 raise TestbedError(f"no cgroup v1 cpu controller at {CGROUP_CPU}; a CPU quota cannot be set on this kernel")

@@ -34,6 +34,29 @@ t = time.perf_counter(); s.sendall(b"x" * n); s.shutdown(socket.SHUT_WR); s.recv
 print(n * 8 / (time.perf_counter() - t) / 1e6)
 """
 
+#: one 96 KiB message after each pause, answered by one byte: the runtime's pattern (a tensor after the device computed)
+ECHO = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 9100)); s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+while (n := int.from_bytes(c.recv(4, socket.MSG_WAITALL) or bytes(4), "big")):
+    c.recv(n, socket.MSG_WAITALL)
+    c.sendall(b"k")
+"""
+
+MESSAGES = """
+import socket, statistics, sys, time
+s = socket.create_connection((sys.argv[1], 9100)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+ms = []
+for _ in range(5):
+    time.sleep(0.05)
+    t = time.perf_counter(); s.sendall((96 << 10).to_bytes(4, "big") + bytes(96 << 10)); s.recv(1)
+    ms.append((time.perf_counter() - t) * 1e3)
+s.sendall(bytes(4))
+print(statistics.median(ms))
+"""
+
 LOOP = "import time; t = time.perf_counter(); sum(range(3 * 10**6)); print(time.perf_counter() - t)"
 
 
@@ -45,6 +68,17 @@ def test_link_is_shaped_to_the_bandwidth():
         sink.wait(timeout=30)
     assert 14 <= mbps <= 21, f"measured {mbps:.1f} Mbit/s on a 20 Mbit/s link"
     assert not leftover_names()
+
+
+def test_a_message_after_a_pause_takes_its_time_on_the_wire():
+    """The token bucket must not let a whole tensor through at line speed after the device paused to compute."""
+    with Testbed(LinkSpec(20e6), device_quota=None) as tb:
+        sink = subprocess.Popen(tb.edge_cmd([sys.executable, "-c", ECHO]), stdout=subprocess.PIPE, text=True)
+        assert sink.stdout.readline().strip() == "ready"
+        ms = float(subprocess.run(tb.device_cmd([sys.executable, "-c", MESSAGES, tb.edge_ip]), capture_output=True, text=True, check=True).stdout)
+        sink.wait(timeout=30)
+    wire = (96 << 10) * 8 / 20e6 * 1e3  # 39.3 ms
+    assert 0.85 * wire <= ms <= 1.5 * wire, f"a 96 KiB message took {ms:.1f} ms on a 20 Mbit/s link ({wire:.1f} ms on the wire)"
 
 
 def test_device_quota_makes_the_device_slower():
