@@ -219,7 +219,7 @@ def run_policy_model(name: str, work: Path, args: argparse.Namespace, say) -> li
             "rl_ratios": rl_plan["chosen"].get("prune_ratios", {}),
             "accuracy": {k: acc.get(k) for k in ("status", "data", "top1_before", "top1_pruned", "top1_finetuned", "drop",
                                                  "max_accuracy_drop", "finetune") if k in acc},
-            "policy": {k: policy.get(k) for k in ("answer_ms", "conditions", "predicted_ms")} | {
+            "policy": {k: policy.get(k) for k in ("answer_ms", "source", "conditions", "predicted_ms")} | {
                 "train_s": (policy.get("policy_info") or {}).get("train_s"),
                 "timesteps": (policy.get("policy_info") or {}).get("timesteps"),
                 "accuracy_evaluations": (policy.get("policy_info") or {}).get("accuracy_evaluations")},

@@ -18,7 +18,7 @@ from cogent_compiler.frontend import from_module, trace
 from cogent_compiler.passes import FoldBatchNorm, prune_groups_of
 from cogent_compiler.passes.prune_groups import PruneAnalysis
 from cogent_compiler.policy.env import PruneCutEnv
-from cogent_compiler.policy.rl import AgentConfig, LearnedPolicy, train_policy
+from cogent_compiler.policy.rl import AgentConfig, LearnedPolicy, measured_plans, train_policy
 from cogent_compiler.policy.space import AccuracyOracle, ConditionRanges, Conditions, PlanSpace
 
 
@@ -107,6 +107,33 @@ def test_td3_learns_to_prune_where_it_pays(digits_space, tmp_path):
     assert info["answer_ms"] < 100
     assert loaded.weights[0][0].shape == policy.weights[0][0].shape and loaded.info["timesteps"] == 600
     assert 0 < loaded.info["accuracy_evaluations"] <= 600
+
+
+def test_the_answer_is_the_faster_of_the_rollout_and_the_plans_measured_within_the_budget(digits_space, tmp_path):
+    space = digits_space
+    a, b = space.groups
+    for ratios in ({a: 0.1}, {a: 0.2}, {a: 0.2, b: 0.1}, {b: 0.5}, {a: 0.7, b: 0.7}):
+        space.accuracy(ratios)
+    drops = {k: space.accuracy.baseline - acc for k, acc in space.accuracy.cache.items() if k}
+    plans = measured_plans(space, 0.01)
+    kept = {tuple(sorted(r.items())) for r, _ in plans}
+    assert kept and all(d <= 0.01 for _, d in plans)
+    for key, drop in drops.items():
+        # a measured plan within the budget is kept unless another prunes every group as much and loses no more
+        if drop <= 0.01 and key not in kept:
+            assert any(d <= drop and all(dict(k2).get(g, 0) >= r for g, r in key) for k2, d in drops.items() if k2 != key and d <= 0.01)
+    assert (((a, 0.1),) not in kept) or drops.get(((a, 0.2),), 1.0) > drops[((a, 0.1),)]  # {a: 0.2} prunes more: it wins unless it loses more
+    policy = train_policy(space, AgentConfig(timesteps=40, learning_starts=40), tmp_path / "p.zip")
+    loaded = LearnedPolicy.load(tmp_path / "p.zip")
+    assert loaded.plans == policy.plans and len(policy.plans) >= len(plans)
+    c = Conditions(bandwidth_mbps=0.5)
+    ratios, cut, info = loaded.answer(space, c)
+    priced = [space.best_cut(r, c)[1].total_ms for r, d in loaded.plans if d <= c.max_drop] + [info["rollout"]["latency_ms"]]
+    assert info["latency_ms"] == pytest.approx(min(priced)) and space.best_cut(ratios, c)[0] == cut
+    assert info["source"] == ("rollout" if info["latency_ms"] == info["rollout"]["latency_ms"] else "measured plan")
+    # a budget no measured plan fits leaves the rollout
+    _, _, strict = loaded.answer(space, Conditions(bandwidth_mbps=0.5, max_drop=-1.0))
+    assert strict["source"] == "rollout" and strict["ratios"] == strict["rollout"]["ratios"]
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path, digits_space):
