@@ -408,7 +408,7 @@ def rl_stage(space: Any, graph: Graph, options: CompileOptions, c: Any,
     import hashlib
     import os
 
-    from cogent_compiler.policy.rl import LearnedPolicy, default_config, train_policy
+    from cogent_compiler.policy.rl import POLICY_FORMAT, LearnedPolicy, default_config, train_policy
     from cogent_compiler.policy.space import ConditionRanges
 
     if options.policy:
@@ -417,7 +417,7 @@ def rl_stage(space: Any, graph: Graph, options: CompileOptions, c: Any,
         cfg = default_config(options.rl_timesteps)
         ranges = ConditionRanges(max_drop=(options.max_accuracy_drop, options.max_accuracy_drop))  # trained for the user's budget
         ident = json.dumps([graph.name, space.groups, space.cuts, space.device.to_json(), space.edge.to_json(), options.data,
-                            dataclasses.asdict(cfg), dataclasses.asdict(ranges), options.transfer_dtype], sort_keys=True, default=str)
+                            dataclasses.asdict(cfg), dataclasses.asdict(ranges), options.transfer_dtype, POLICY_FORMAT], sort_keys=True, default=str)
         root = Path(os.environ.get("COGENT_POLICIES", Path.home() / ".cache" / "cogent" / "policies"))
         root.mkdir(parents=True, exist_ok=True)
         path = root / f"{graph.name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.zip"

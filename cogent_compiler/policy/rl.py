@@ -56,7 +56,9 @@ __all__ = ["AgentConfig", "LearnedPolicy", "POLICY_FORMAT", "default_config", "m
 
 log = logging.getLogger(__name__)
 
-POLICY_FORMAT = "cogent-policy/1"
+#: /2 adds the measured plans; a /1 file (an actor alone) still loads and answers with its rollout
+POLICY_FORMAT = "cogent-policy/2"
+READABLE_FORMATS = ("cogent-policy/1", POLICY_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,7 @@ class LearnedPolicy:
             with zipfile.ZipFile(path) as z:
                 doc = json.loads(z.read("policy.json"))
                 arrays = np.load(io.BytesIO(z.read("actor.npz")), allow_pickle=False)
-                if doc.get("format") != POLICY_FORMAT or int(doc.get("obs_size", -1)) != OBS_SIZE:
+                if doc.get("format") not in READABLE_FORMATS or int(doc.get("obs_size", -1)) != OBS_SIZE:
                     raise ValueError(f"format {doc.get('format')!r}, observation size {doc.get('obs_size')}")
                 weights = tuple((arrays[f"w{i}"], arrays[f"b{i}"]) for i in range(int(doc["layers"])))
                 plans = tuple(({str(g): float(r) for g, r in p["ratios"].items()}, float(p["drop"])) for p in doc.get("plans", []))
