@@ -100,6 +100,10 @@ class CompileOptions:
     rl_timesteps: int = 3000
     #: ``--planner optuna``: plans evaluated (each one measured for accuracy)
     search_budget: int = 60
+    #: ``--planner rl|optuna``: the largest fraction of a group's channels a plan may remove
+    max_prune_ratio: float = 0.7
+    #: ``--planner rl|optuna``: fine-tuning steps each candidate plan gets before its accuracy is measured
+    search_finetune_steps: int = 20
 
 
 @dataclass(frozen=True)
@@ -333,6 +337,10 @@ def plan_space(graph: Graph, options: CompileOptions, data: Any, device_t: Targe
     from cogent_compiler.passes.prune_groups import PruneAnalysis, prune_groups_of
     from cogent_compiler.policy.space import AccuracyOracle, PlanSpace
 
+    if not 0.0 < options.max_prune_ratio < 1.0:
+        raise PlanError(f"--max-prune-ratio {options.max_prune_ratio}: give a fraction of a group's channels between 0 and 1, e.g. 0.8")
+    if options.search_finetune_steps < 0:
+        raise PlanError(f"--search-finetune-steps {options.search_finetune_steps}: give a number of steps, 0 or more (default 20)")
     lat = latency_model_for(device_t, edge_t, options)
     folded = PassManager([FoldBatchNorm()]).run(graph).graph if options.fold_batch_norm else graph
     analysis = prune_groups_of(folded) if folded.module is not None else PruneAnalysis(())
@@ -342,10 +350,10 @@ def plan_space(graph: Graph, options: CompileOptions, data: Any, device_t: Targe
         if not _is_dataset(dataset):
             raise PlanError("the learned policy measures accuracy on a Dataset (--data or the Python API's load_data / from_loader); "
                             "an evaluation function cannot fine-tune the candidates")
-        oracle = AccuracyOracle(folded, dataset)
+        oracle = AccuracyOracle(folded, dataset, finetune_steps=options.search_finetune_steps)
     else:
         say("rl", "no data: the policy chooses the cut only (no data, no pruning)")
-    return PlanSpace(folded, analysis, lat.device, lat.edge, oracle, transfer_dtype=options.transfer_dtype)
+    return PlanSpace(folded, analysis, lat.device, lat.edge, oracle, max_ratio=options.max_prune_ratio, transfer_dtype=options.transfer_dtype)
 
 
 def nothing_to_choose(graph: Graph, options: CompileOptions, data: Any) -> str | None:
@@ -417,7 +425,8 @@ def rl_stage(space: Any, graph: Graph, options: CompileOptions, c: Any,
         cfg = default_config(options.rl_timesteps)
         ranges = ConditionRanges(max_drop=(options.max_accuracy_drop, options.max_accuracy_drop))  # trained for the user's budget
         ident = json.dumps([graph.name, space.groups, space.cuts, space.device.to_json(), space.edge.to_json(), options.data,
-                            dataclasses.asdict(cfg), dataclasses.asdict(ranges), options.transfer_dtype, POLICY_FORMAT], sort_keys=True, default=str)
+                            dataclasses.asdict(cfg), dataclasses.asdict(ranges), options.transfer_dtype, POLICY_FORMAT, space.max_ratio,
+                            space.accuracy.finetune_steps if space.accuracy else None], sort_keys=True, default=str)
         root = Path(os.environ.get("COGENT_POLICIES", Path.home() / ".cache" / "cogent" / "policies"))
         root.mkdir(parents=True, exist_ok=True)
         path = root / f"{graph.name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.zip"

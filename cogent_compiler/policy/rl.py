@@ -36,6 +36,7 @@ percent of it.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -186,6 +187,8 @@ class LearnedPolicy:
     def rollout(self, space: PlanSpace, conditions: Conditions) -> dict[str, Any]:
         """The actor's own plan for ``conditions``: the deterministic rollout in ``space`` (the env's info: ratios, cut, latency_ms)."""
         self.check(space)
+        if space.max_ratio != self.max_ratio:  # its actions mean fractions of the ratio bound it was trained with
+            space = dataclasses.replace(space, max_ratio=self.max_ratio)
         env = PruneCutEnv(space, measure_accuracy=False)
         obs, _ = env.reset(options={"conditions": conditions})
         done = False

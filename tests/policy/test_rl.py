@@ -243,3 +243,22 @@ def test_the_optuna_planner_prunes_and_cuts_and_the_compile_holds_it_to_the_budg
     assert plan["accuracy"]["ratios"] == pytest.approx(search["ratios"], abs=1e-3)
     assert plan["accuracy"]["drop"] <= 0.05
     assert "optuna: TPE over prune ratios and the cut" in (out / "report.html").read_text()
+
+
+def test_the_ratio_bound_and_the_candidates_fine_tune_are_options(tmp_path, monkeypatch, capsys):
+    import json
+
+    from cogent_compiler.cli import main
+
+    monkeypatch.setenv("COGENT_POLICIES", str(tmp_path / "policies"))
+    common = ["tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--planner", "rl", "--data", "digits",
+              "--device-gmacs", "0.05", "--edge-gmacs", "50", "-q", "--bandwidth", "1mbit"]
+    assert main(["plan", *common, "--rl-steps", "60", "--max-prune-ratio", "0.3", "--search-finetune-steps", "0", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["chosen"]["prune_ratios"] and max(plan["chosen"]["prune_ratios"].values()) <= 0.3 + 1e-9
+    (trained,) = (tmp_path / "policies").glob("tiny_cnn-*.zip")
+    assert LearnedPolicy.load(trained).max_ratio == 0.3
+    for flag, value, words in (("--max-prune-ratio", "1.5", "between 0 and 1"), ("--search-finetune-steps", "-1", "0 or more")):
+        assert main(["plan", *common, flag, value]) != 0
+        err = capsys.readouterr().err
+        assert f"{flag} {value}" in err and words in err and "Traceback" not in err
