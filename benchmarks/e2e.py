@@ -24,7 +24,11 @@ to ``--max-drop``.  Why not a smaller model: the 10 % quota gives the device
 1 ms of CPU every 10 ms (the kernel's smallest quota), so a request needing
 under about 1 ms of CPU at full speed runs unthrottled and the device is not
 slow at all (the VGG-style digits CNN, 38 MMAC, measured 0.4 ms median
-under the quota); at 128x128 ResNet-18 needs about 5 ms.  Per model, one policy is trained (over
+under the quota); at 128x128 ResNet-18 needs about 5 ms.  ``--device-sched repeat`` slows the
+device by running each inference's compute 1/quota times instead
+(``cogent_compiler/testbed/slowdown.py``), which slows short work too: a
+heavily pruned head is timed as a slow device runs it, not at full speed
+inside the quota's first millisecond.  Per model, one policy is trained (over
 ranges of bandwidth, RTT, edge load and device speed) at the first
 bandwidth's compile and answers the others from the cache.  Per case:
 device-only, edge-only and the best single cut of the *unpruned* model,
@@ -94,7 +98,8 @@ def edge_speed_ms(bundle: Path, edge_cpu: int, requests: int) -> float:
 def calibrate(name: str, model: str | Path, model_flags: tuple[str, ...], macs: int, work: Path, args: argparse.Namespace,
               say) -> tuple[dict, float, float]:
     """Measure the device-only bundle on the device (quota) and on the edge core: (its bench result, device GMAC/s, edge GMAC/s)."""
-    config = BenchConfig(bandwidth_bps=args.bandwidths[0] * 1e6, device_quota=args.quota, requests=args.requests, containers=args.containers)
+    config = BenchConfig(bandwidth_bps=args.bandwidths[0] * 1e6, device_quota=args.quota, device_sched=args.device_sched,
+                         requests=args.requests, containers=args.containers)
     dev_only = work / f"{name}-device-only"
     compile_bundle(model, dev_only, *model_flags, "--planner", "device")
     base = bench_bundle(dev_only, config, plans=("device_eager", "chosen"), progress=say, work=work / f"{name}-calib")
@@ -119,7 +124,8 @@ def run_model(name: str, work: Path, args: argparse.Namespace, say) -> list[dict
         out = work / f"{name}-{bw}mbit"
         plan = compile_bundle(model, out, "--bandwidth", f"{bw}mbit", "--rtt", "0ms",
                               "--device-gmacs", f"{device_gmacs:.4f}", "--edge-gmacs", f"{edge_gmacs:.4f}")
-        cfg = BenchConfig(bandwidth_bps=bw * 1e6, device_quota=args.quota, requests=args.requests, containers=args.containers)
+        cfg = BenchConfig(bandwidth_bps=bw * 1e6, device_quota=args.quota, device_sched=args.device_sched, requests=args.requests,
+                          containers=args.containers)
         r = bench_bundle(out, cfg, plans=("chosen", "edge_only"), progress=say, work=work / f"{name}-{bw}mbit-bench")
         measured = {
             "chosen": r["plans"]["chosen"],
@@ -188,11 +194,13 @@ def run_policy_model(name: str, work: Path, args: argparse.Namespace, say) -> li
         t = time.time()
         rl_out = work / f"{name}-{bw}mbit-rl"
         rl_plan = compile_bundle(spec, rl_out, *shape_flags, "--planner", "rl", "--data", "digits", "--max-accuracy-drop", str(args.max_drop),
-                                "--rl-steps", str(args.rl_steps), "--finetune-steps", str(args.finetune_steps), *link)
+                                "--rl-steps", str(args.rl_steps), "--finetune-steps", str(args.finetune_steps),
+                                "--max-prune-ratio", str(args.max_prune_ratio), "--search-finetune-steps", str(args.search_finetune_steps), *link)
         compile_s = time.time() - t
         part_out = work / f"{name}-{bw}mbit-partition"
         part_plan = compile_bundle(spec, part_out, *shape_flags, "--planner", "single-cut", *link)
-        cfg = BenchConfig(bandwidth_bps=bw * 1e6, device_quota=args.quota, requests=args.requests, containers=args.containers)
+        cfg = BenchConfig(bandwidth_bps=bw * 1e6, device_quota=args.quota, device_sched=args.device_sched, requests=args.requests,
+                          containers=args.containers)
         r_rl = bench_bundle(rl_out, cfg, plans=("chosen",), progress=say, work=work / f"{name}-{bw}mbit-rl-bench")
         r_part = bench_bundle(part_out, cfg, plans=("chosen", "edge_only"), progress=say, work=work / f"{name}-{bw}mbit-partition-bench")
         plans = {
@@ -240,6 +248,9 @@ def main() -> int:
     p.add_argument("--models", nargs="*", default=list(MODELS))
     p.add_argument("--bandwidths", nargs="*", type=float, default=list(BANDWIDTHS))
     p.add_argument("--quota", type=float, default=0.1)
+    p.add_argument("--device-sched", choices=("quota", "repeat"), default="quota",
+                   help="how the device is slowed to --quota: a cgroup quota (default, as committed) or repeat (each inference's "
+                        "compute runs 1/quota times: slows short work too)")
     p.add_argument("--requests", type=int, default=30)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--containers", action="store_true", help="run the bundles' podman containers (default: processes)")
@@ -252,6 +263,8 @@ def main() -> int:
                    f"accuracy measured; --models default {','.join(POLICY_MODELS)}; writes results/e2e-policy.json")
     p.add_argument("--rl-steps", type=int, default=600, help="--policy: TD3 steps per model's policy (cogentc --rl-steps; default 600)")
     p.add_argument("--finetune-steps", type=int, default=100, help="--policy: fine-tuning steps after pruning (cogentc --finetune-steps; default 100)")
+    p.add_argument("--max-prune-ratio", type=float, default=0.7, help="--policy: cogentc --max-prune-ratio (default 0.7)")
+    p.add_argument("--search-finetune-steps", type=int, default=20, help="--policy: cogentc --search-finetune-steps (default 20)")
     p.add_argument("--max-drop", type=float, default=0.01, help="--policy: accuracy budget, a fraction of top-1 (default 0.01)")
     args = p.parse_args()
     if args.policy:
@@ -280,14 +293,17 @@ def main() -> int:
         "benchmark": "e2e",
         "machine": machine_info(),
         "command": " ".join(["benchmarks/e2e.py", *sys.argv[1:]]),
-        "setup": {"device": f"1 core under a {args.quota:g} CPU quota (cgroup v1, 10 ms period)", "edge": "1 full core",
+        "setup": {"device": (f"1 core under a {args.quota:g} CPU quota (cgroup v1, 10 ms period)" if args.device_sched == "quota" else
+                             f"1 core, each inference's compute run {round(1 / args.quota)} times (testbed.slowdown)"),
+                  "device_sched": args.device_sched, "edge": "1 full core",
                   "link": "veth pair between network namespaces, tbf each way, no added RTT",
                   "backends": "as the compiler chose per half (see each bundle's manifest)",
                   "mode": "containers" if args.containers else "processes", "requests": args.requests,
                   "transfer_dtype": args.transfer_dtype,
                   "input": "per case" if args.policy else f"1x3x{args.size}x{args.size}", "wall_s": round(time.time() - t0, 1),
                   **({"planner": "rl (cogentc --planner rl --data digits)", "rl_steps": args.rl_steps, "max_drop": args.max_drop,
-                      "finetune_steps": args.finetune_steps,
+                      "finetune_steps": args.finetune_steps, "max_prune_ratio": args.max_prune_ratio,
+                      "search_finetune_steps": args.search_finetune_steps,
                       "data": "scikit-learn digits, held-out split", "weights": "trained in the benchmark, seeded"} if args.policy else {})},
         "cases": cases,
     }

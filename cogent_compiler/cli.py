@@ -106,6 +106,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--bandwidth", default="20mbit", help="link rate each way (default 20mbit)")
         p.add_argument("--rtt", default="0ms", help="added round-trip time (netem is not in every kernel: a user-space proxy adds it; default 0ms)")
         p.add_argument("--device-quota", type=float, default=0.1, help="device CPU quota as a fraction of one core (default 0.1)")
+        p.add_argument("--device-sched", choices=("quota", "repeat"), default="quota",
+                       help="how the device is slowed to --device-quota: quota (a cgroup quota; 1 ms of work per 10 ms runs at full "
+                            "speed, so short work is not slowed) or repeat (each inference's compute runs 1/quota times; processes only)")
         p.add_argument("--requests", type=int, default=30, help="timed requests per plan after warm-up (default 30)")
         p.add_argument("--containers", action="store_true", help="run the bundle's real containers with podman instead of processes")
         p.add_argument("-o", "--output", help="result JSON (default BUNDLE.bench/bench.json, with bench.png beside it)")
@@ -522,6 +525,7 @@ def _cmd_bench(args: argparse.Namespace, say: _Progress) -> int:
     if args.requests < 1:
         raise CogentError(f"--requests {args.requests}: give at least 1 (30 or more for a p95)")
     config = BenchConfig(bandwidth_bps=parse_bandwidth(args.bandwidth), rtt_s=parse_duration(args.rtt), device_quota=args.device_quota,
+                         device_sched=args.device_sched,
                          requests=args.requests, containers=args.containers)
     bundle = Path(args.bundle)
     result = bench_bundle(bundle, config, progress=say)

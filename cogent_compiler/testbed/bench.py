@@ -45,6 +45,8 @@ class BenchConfig:
     bandwidth_bps: float = 20e6
     rtt_s: float = 0.0
     device_quota: float | None = 0.1
+    #: how the device is slowed to ``device_quota``: ``quota`` (cgroup) or ``repeat`` (its compute run 1/quota times; slows short work too)
+    device_sched: str = "quota"
     requests: int = 30
     containers: bool = False
     device_cpu: int = 0
@@ -294,8 +296,11 @@ def bench_bundle(
     expected = _reference_output(loaded, x)
     measured: dict[str, Measurement] = {}
     link = LinkSpec(config.bandwidth_bps, config.rtt_s)
-    with Testbed(link, device_quota=config.device_quota, device_cpu=config.device_cpu, edge_cpu=config.edge_cpu) as tb:
-        say("bench", f"testbed up: {config.bandwidth_bps / 1e6:g} Mbit/s, device quota {config.device_quota}, "
+    if config.containers and config.device_sched != "quota":
+        raise TestbedError(f"--device-sched {config.device_sched}: containers are held to their quota by podman; use processes")
+    with Testbed(link, device_quota=config.device_quota, device_cpu=config.device_cpu, edge_cpu=config.edge_cpu,
+                 device_sched=config.device_sched) as tb:
+        say("bench", f"testbed up: {config.bandwidth_bps / 1e6:g} Mbit/s, device quota {config.device_quota} ({config.device_sched}), "
             f"{'containers' if config.containers else 'processes'}")
         if "device_eager" in plans:
             y = work / "device_eager.npy"
@@ -328,6 +333,7 @@ def bench_bundle(
             "bandwidth_mbps": config.bandwidth_bps / 1e6,
             "rtt_ms": config.rtt_s * 1e3,
             "device_quota": config.device_quota,
+            "device_sched": config.device_sched,
             "device_cpu": config.device_cpu,
             "edge_cpu": config.edge_cpu,
             "requests": config.requests,

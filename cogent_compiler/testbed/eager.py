@@ -12,8 +12,14 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["infer", "main"]
+
+
+def infer(module: Any, x: Any) -> Any:
+    """One inference: what each timed run does (``testbed.slowdown`` repeats it to emulate a slower device)."""
+    return module(x)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,10 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = torch.from_numpy(np.load(args.input, allow_pickle=False))
     runs = []
     with torch.inference_mode():
-        y = module(x)  # warm-up
+        y = infer(module, x)  # warm-up
         for _ in range(args.repeat):
             t = time.perf_counter()
-            module(x)
+            infer(module, x)
             runs.append((time.perf_counter() - t) * 1e3)
     y = y[0] if isinstance(y, (tuple, list)) else y
     if args.output:

@@ -4,7 +4,10 @@ Two network namespaces (device, edge) joined by a veth pair whose two ends
 are shaped with ``tbf`` (the uplink on the device's end, the downlink on the
 edge's), the device and edge pinned to different cores, and the device held
 to a CPU quota with cgroup v1 (``cpu.cfs_quota_us`` over a short period so
-latency is not dominated by throttling bursts).
+latency is not dominated by throttling bursts) -- or, with
+``device_sched="repeat"``, slowed by running each inference's compute
+``round(1 / quota)`` times (``slowdown.py``), which slows short work too (a
+quota lets 1 ms of work per period run at full speed).
 
 Everything is undone on exit, on an exception, on SIGINT/SIGTERM, and — for
 what a killed process left — by ``cleanup_stale`` at the next start: every
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 PREFIX = "cgnt"
+#: how the device is slowed: a cgroup CPU quota, or each inference's compute repeated 1 / quota times
+DEVICE_SCHEDS = ("quota", "repeat")
 
 
 def tbf_burst(rate_bps: int) -> int:
@@ -146,16 +151,22 @@ class Testbed:
         edge_cpu: int = 1,
         period_us: int = 10_000,
         subnet: str = "10.213.0",
+        device_sched: str = "quota",
     ) -> None:
         if link.bandwidth_bps <= 0:
             raise TestbedError(f"bandwidth must be positive, got {link.bandwidth_bps} bit/s")
         if device_quota is not None and not 0.001 <= device_quota <= os.cpu_count():  # type: ignore[operator]
             raise TestbedError(f"device quota {device_quota} is out of range; give a fraction of one core such as 0.1")
+        if device_sched not in DEVICE_SCHEDS:
+            raise TestbedError(f"device_sched {device_sched!r}: choose {' or '.join(DEVICE_SCHEDS)}")
+        if device_sched == "repeat" and not (device_quota is not None and device_quota <= 1.0):
+            raise TestbedError(f"device_sched 'repeat' emulates a device slower than one core; give a device quota in (0, 1], not {device_quota}")
         ncpu = os.cpu_count() or 1
         if max(device_cpu, edge_cpu) >= ncpu:
             raise TestbedError(f"cores {device_cpu} and {edge_cpu} requested but this machine has {ncpu}")
         self.link = link
         self.device_quota = device_quota
+        self.device_sched = device_sched
         self.device_cpu = device_cpu
         self.edge_cpu = edge_cpu
         self.period_us = period_us
@@ -211,7 +222,7 @@ class Testbed:
             rate = int(self.link.bandwidth_bps)
             _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", ifname, "root", "tbf",
                  "rate", f"{rate}bit", "burst", str(tbf_burst(rate)), "latency", "400ms")
-        if self.device_quota is not None:
+        if self._uses_cgroup:
             if not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
                 raise TestbedError(f"no cgroup v1 cpu controller at {CGROUP_CPU}; a CPU quota cannot be set on this kernel")
             self.cgroup.mkdir()
@@ -222,7 +233,7 @@ class Testbed:
 
     def close(self) -> None:
         if self._active:
-            if self.device_quota is not None:
+            if self._uses_cgroup:
                 _remove_cgroup(self.cgroup)
             for ns in (self.device_ns, self.edge_ns):
                 if ns in _netns_names():
@@ -233,10 +244,23 @@ class Testbed:
         self._old_handlers.clear()
 
     # -- running things ----------------------------------------------------
+    @property
+    def _uses_cgroup(self) -> bool:
+        return self.device_quota is not None and self.device_sched == "quota"
+
+    @property
+    def slowdown(self) -> int:
+        """``repeat``: how many times each inference's compute runs."""
+        return max(1, round(1.0 / self.device_quota)) if self.device_quota else 1
+
     def device_cmd(self, argv: Sequence[str]) -> list[str]:
-        """``argv`` run in the device namespace, on the device core, under the quota."""
+        """``argv`` run in the device namespace, on the device core, under the quota (``repeat``: a ``python -m`` command, slowed)."""
+        if self.device_sched == "repeat":
+            if len(argv) < 3 or argv[1] != "-m":
+                raise TestbedError(f"device_sched 'repeat' slows Python modules (python -m MODULE ...), not {' '.join(argv[:3])}")
+            argv = [argv[0], "-m", "cogent_compiler.testbed.slowdown", str(self.slowdown), *argv[2:]]
         cmd = ["ip", "netns", "exec", self.device_ns, "taskset", "-c", str(self.device_cpu), *argv]
-        if self.device_quota is not None:
+        if self._uses_cgroup:
             # join the cgroup before `ip netns exec`, which remounts /sys for the namespace
             cmd = ["sh", "-c", f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
         return cmd

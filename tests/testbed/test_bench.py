@@ -44,6 +44,23 @@ def test_bench_processes(bundle, tmp_path, capsys):
     assert not leftover_names()
 
 
+def test_bench_repeat_slows_a_small_device_half_that_the_quota_does_not(bundle, tmp_path):
+    """tiny_cnn's device-only plan is well under 1 ms of work: a 10 % quota lets it run at full speed, repeat mode does not."""
+    ms = {}
+    for sched in ("quota", "repeat"):
+        out = tmp_path / f"{sched}.json"
+        assert main(["bench", str(bundle), "--bandwidth", "20mbit", "--device-quota", "0.1", "--device-sched", sched, "--requests", "5",
+                     "-o", str(out), "-q"]) == 0
+        result = json.loads(out.read_text())
+        _check(result, 5)
+        assert result["conditions"]["device_sched"] == sched
+        ms[sched] = {k: p["median_ms"] for k, p in result["plans"].items()}
+    # the device's own compute, 10x slower when repeated; the edge's is not
+    assert ms["repeat"]["device_only"] >= 4 * ms["quota"]["device_only"], ms
+    assert ms["repeat"]["device_eager"] >= 4 * ms["quota"]["device_eager"], ms
+    assert not leftover_names()
+
+
 @needs_podman
 def test_bench_containers_builds_and_runs_the_bundle_images(bundle, tmp_path):
     out = tmp_path / "bench.json"

@@ -12,6 +12,7 @@ import pytest
 from testbed_support import leftover_names, needs_podman, needs_root
 
 from cogent_compiler.testbed import LinkSpec, Testbed, cleanup_stale
+from cogent_compiler.testbed import TestbedError as BadTestbed
 
 pytestmark = needs_root
 
@@ -86,6 +87,36 @@ def test_device_quota_makes_the_device_slower():
     with Testbed(LinkSpec(100e6), device_quota=0.1) as tb:
         quota = float(subprocess.run(tb.device_cmd([sys.executable, "-c", LOOP]), capture_output=True, text=True, check=True).stdout)
     assert quota / free >= 4, f"10 % quota only slowed a loop {quota / free:.1f}x"
+
+
+#: wall ms of 0.3 ms of CPU work, the best of 20 tries 20 ms apart (a head computed once per request)
+SHORT = """
+import time
+def work():
+    t = time.process_time()
+    while time.process_time() - t < 3e-4:
+        pass
+best = float("inf")
+for _ in range(20):
+    time.sleep(0.02)
+    t = time.perf_counter(); work(); best = min(best, time.perf_counter() - t)
+print(best * 1e3)
+"""
+
+
+def test_a_quota_does_not_slow_short_work_so_repeat_mode_exists():
+    """A 10 % quota hands out 1 ms per 10 ms: 0.3 ms of work after a pause runs at full speed (why ``device_sched="repeat"``)."""
+    with Testbed(LinkSpec(20e6), device_quota=0.1) as tb:
+        ms = float(subprocess.run(tb.device_cmd([sys.executable, "-c", SHORT]), capture_output=True, text=True, check=True).stdout)
+    assert ms < 1.0
+    with Testbed(LinkSpec(20e6), device_quota=0.1, device_sched="repeat") as tb:
+        assert tb.slowdown == 10
+        assert tb.device_cmd([sys.executable, "-m", "cogent_compiler.runtime.device", "run"])[-4:] == [
+            "cogent_compiler.testbed.slowdown", "10", "cogent_compiler.runtime.device", "run"]
+        with pytest.raises(BadTestbed, match="slows Python modules"):
+            tb.device_cmd([sys.executable, "-c", SHORT])
+    with pytest.raises(BadTestbed, match="choose quota or repeat"):
+        Testbed(LinkSpec(20e6), device_sched="fifo")
 
 
 def test_added_delay_through_the_proxy():
