@@ -61,23 +61,25 @@ print(statistics.median(ms))
 LOOP = "import time; t = time.perf_counter(); sum(range(3 * 10**6)); print(time.perf_counter() - t)"
 
 
-def test_link_is_shaped_to_the_bandwidth():
+def _over_20mbit(server: str, client: str) -> float:
+    """Run ``server`` on the edge and ``client`` (given the edge's address) on the device of a 20 Mbit/s testbed; the number it prints."""
     with Testbed(LinkSpec(20e6), device_quota=None) as tb:
-        sink = subprocess.Popen(tb.edge_cmd([sys.executable, "-c", SINK]), stdout=subprocess.PIPE, text=True)
+        sink = subprocess.Popen(tb.edge_cmd([sys.executable, "-c", server]), stdout=subprocess.PIPE, text=True)
         assert sink.stdout.readline().strip() == "ready"
-        mbps = float(subprocess.run(tb.device_cmd([sys.executable, "-c", SEND, tb.edge_ip]), capture_output=True, text=True, check=True).stdout)
+        out = float(subprocess.run(tb.device_cmd([sys.executable, "-c", client, tb.edge_ip]), capture_output=True, text=True, check=True).stdout)
         sink.wait(timeout=30)
+    return out
+
+
+def test_link_is_shaped_to_the_bandwidth():
+    mbps = _over_20mbit(SINK, SEND)
     assert 14 <= mbps <= 21, f"measured {mbps:.1f} Mbit/s on a 20 Mbit/s link"
     assert not leftover_names()
 
 
 def test_a_message_after_a_pause_takes_its_time_on_the_wire():
     """The token bucket must not let a whole tensor through at line speed after the device paused to compute."""
-    with Testbed(LinkSpec(20e6), device_quota=None) as tb:
-        sink = subprocess.Popen(tb.edge_cmd([sys.executable, "-c", ECHO]), stdout=subprocess.PIPE, text=True)
-        assert sink.stdout.readline().strip() == "ready"
-        ms = float(subprocess.run(tb.device_cmd([sys.executable, "-c", MESSAGES, tb.edge_ip]), capture_output=True, text=True, check=True).stdout)
-        sink.wait(timeout=30)
+    ms = _over_20mbit(ECHO, MESSAGES)
     wire = (96 << 10) * 8 / 20e6 * 1e3  # 39.3 ms
     assert 0.85 * wire <= ms <= 1.5 * wire, f"a 96 KiB message took {ms:.1f} ms on a 20 Mbit/s link ({wire:.1f} ms on the wire)"
 
