@@ -54,7 +54,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from cogent_compiler.cost.profile import Profile, Sample, load_profile
+from cogent_compiler.cost.profile import Profile, Sample, load_profile, target_kind
 from cogent_compiler.errors import MissingFitError, ProfileError
 from cogent_compiler.ir import Node
 from cogent_compiler.ir.graph import DTYPE_BYTES, TensorInfo
@@ -89,8 +89,13 @@ MIN_VARIANT_SAMPLES = 3
 #: distance in log2 units of MACs and bytes, so an exact match outweighs a neighbour at 2x by about 20:1.
 K_NEIGHBOURS = 4
 NEIGHBOUR_SOFTENING = 0.05
+#: Version of ``fit_profile``: a profile whose fits another version computed is refitted when loaded
+#: (2: MACs counted by lane use, ``lane_use``).
+FIT_METHOD = 2
 #: Distance added for a sample of another kernel size or stride.
 SHAPE_MISMATCH = 3.0
+#: Distance added between a convolution whose weight rows are a whole number of 4 KiB pages and one whose are not.
+ALIASING_MISMATCH = 2.0
 
 
 @dataclass(frozen=True)
@@ -135,14 +140,68 @@ def fit_key(op: str, attrs: Mapping[str, Any]) -> str | None:
     return f"conv2d:k{'x'.join(str(k) for k in kernel)}" if kernel else None
 
 
-def fit_samples(samples: Sequence[Sample]) -> Fit:
-    """Fit one model to ``samples`` (see the module doc).  Precondition: at least one sample, every ``ms`` > 0."""
+def vector_lanes(profile: Profile) -> int:
+    """float32 lanes of the vector the CPU schedule tiles by on the profile's target (1: no such schedule).
+
+    Recorded by ``cogentc profile`` (``machine.vector_lanes``); a profile
+    from before that is read as measured on this kind of CPU: 16 lanes
+    (AVX-512) on x86-64, 4 (NEON) on aarch64.
+    """
+    m = profile.machine
+    if m.get("vector_lanes"):
+        return int(m["vector_lanes"])
+    if target_kind(profile.target) != "llvm":
+        return 1
+    arch = str(m.get("arch") or "")
+    return 16 if arch in ("x86_64", "AMD64") else 4 if arch in ("aarch64", "arm64") else 1
+
+
+def _vector_axis(op: str, attrs: Mapping[str, Any]) -> int:
+    """Extent of the axis the CPU schedule vectorizes: output channels (NHWC convolution) or features (linear); 0 if none."""
+    if op == "conv2d":
+        return int(attrs.get("out_channels") or 0)
+    if op in ("linear", "matmul"):
+        return int(attrs.get("out_features") or 0)
+    return 0
+
+
+def lane_use(op: str, attrs: Mapping[str, Any], lanes: int) -> float:
+    """The share of vector lanes the CPU schedule fills for this op (``pipeline._schedule_cpu``).
+
+    The schedule splits the vectorized axis by its largest divisor up to the
+    lanes: 1000 output channels run 8 of 16 lanes (8 divides 1000, 16 does
+    not).  Measured here: a 512->1000 1x1 convolution at 13x13 ran 63 GMAC/s,
+    512->1008 104 GMAC/s.  So a kernel's MACs count as MACs / lane use.
+    """
+    n = _vector_axis(op, attrs)
+    if lanes <= 1 or n <= 0:
+        return 1.0
+    return max(d for d in range(1, min(n, lanes) + 1) if n % d == 0) / lanes
+
+
+def _aliasing(op: str, attrs: Mapping[str, Any]) -> bool:
+    """Whether a convolution's weight rows (output channels of float32) span a whole number of 4 KiB pages.
+
+    Such rows map to the same cache sets and evict each other: 256->1024
+    and 512->2048 1x1 convolutions at 7x7 ran 49-61 GMAC/s here, other 1x1
+    convolutions near their size 85-106.
+    """
+    n = _vector_axis(op, attrs)
+    return op == "conv2d" and n > 0 and (n * 4) % 4096 == 0 and int(attrs.get("groups", 1) or 1) == 1
+
+
+def _effective_macs(s: Sample, lanes: int) -> float:
+    return s.macs / lane_use(s.op, s.attrs, lanes)
+
+
+def fit_samples(samples: Sequence[Sample], lanes: int = 1) -> Fit:
+    """Fit one model to ``samples`` (see the module doc), MACs counted by ``lane_use``.  Precondition: at least one sample, every ``ms`` > 0."""
     import numpy as np
     from scipy.optimize import nnls
 
     if not samples:
         raise ProfileError("no samples to fit")
-    x = np.array([[s.macs, s.bytes_moved, 1.0] for s in samples], dtype=np.float64)
+    x = np.array([[_effective_macs(s, lanes), s.bytes_moved, 1.0] for s in samples], dtype=np.float64)
     y = np.array([s.ms for s in samples], dtype=np.float64)
     if np.any(y <= 0):
         raise ProfileError(f"a sample has a non-positive time ({y.min()} ms); re-measure it")
@@ -181,56 +240,93 @@ def fit_profile(profile: Profile) -> Profile:
         if variant:
             by_key.setdefault(variant, []).append(s)
     fits: dict[str, dict[str, Any]] = {}
+    lanes = vector_lanes(profile)
     for key in sorted(by_key):
         if ":" in key and not key.endswith((":epilogue", ":boundary")) and len(by_key[key]) < MIN_VARIANT_SAMPLES:
             continue
-        fits[key] = fit_samples(by_key[key]).to_json()
+        fits[key] = fit_samples(by_key[key], lanes).to_json()
     for key, kernel, side in ((LAYOUT_IN, "transpose", "in_bytes"), (LAYOUT_OUT, "transpose1", "out_bytes")):
         moves = [Sample(op=key, attrs={}, macs=0, in_bytes=getattr(s, side), out_bytes=0, param_bytes=0, ms=s.kernels[kernel], runs=s.runs)
                  for s in profile.samples if s.op == "conv2d" and not s.attrs.get("epilogue") and s.kernels.get(kernel, 0) > 0]
         if len(moves) >= MIN_VARIANT_SAMPLES:
             fits[key] = fit_samples(moves).to_json()
-    graphs = [s for s in profile.samples if s.op == GRAPH and s.attrs.get("kernels")]
-    if graphs:
-        fits[GRAPH] = _fit_graph(graphs)
     overheads = [max(0.0, (s.wall_ms - sum(s.kernels.values())) / len(s.kernels))
                  for s in profile.samples if s.wall_ms is not None and s.kernels and s.op != GRAPH]
-    return replace(profile, fits=fits, kernel_overhead_ms=float(statistics.median(overheads)) if overheads else 0.0)
-
-
-def _graph_features(kernels: float, param_bytes: float, act_bytes: float) -> tuple[float, float, float]:
-    return (kernels, param_bytes, act_bytes)
+    fitted = replace(profile, fits=dict(fits), kernel_overhead_ms=float(statistics.median(overheads)) if overheads else 0.0,
+                     fit_method=FIT_METHOD)
+    graphs = [s for s in profile.samples if s.op == GRAPH and s.attrs.get("kernels")]
+    if graphs and all(s.attrs.get("nodes") and s.wall_ms for s in graphs):
+        # fitted on the predictions of the kernels: the per-op fits first, then this one on top of them
+        return replace(fitted, fits={**fits, GRAPH: _fit_graph_end_to_end(graphs, ProfileComputeModel("fit", fitted))})
+    if graphs:
+        return replace(fitted, fits={**fits, GRAPH: _fit_graph(graphs)})
+    return fitted
 
 
 def _fit_graph(samples: Sequence[Sample]) -> dict[str, Any]:
-    """The ``graph`` fit: gap ms ≈ a·kernels + b·parameter bytes + c·bytes the kernels write (non-negative least squares).
+    """The ``graph`` fit of a profile whose reference networks carry no nodes: gap ms ≈ a·kernels + b·parameter bytes + c·bytes written.
 
-    Absolute, not relative, least squares: a network that runs as fast as
-    its kernels has a gap near zero, and what matters is the gap's ms.
+    The gap is the whole call less its kernels timed alone; absolute, not
+    relative, least squares (a network as fast as its kernels has a gap
+    near zero, and what matters is the gap's ms).
     """
     import numpy as np
     from scipy.optimize import nnls
 
-    x = np.array([_graph_features(float(s.attrs["kernels"]), s.param_bytes, float(s.attrs.get("act_bytes", 0))) for s in samples])
+    x = np.array([(float(s.attrs["kernels"]), s.param_bytes, float(s.attrs.get("act_bytes", 0))) for s in samples])
     y = np.array([s.ms for s in samples])
     scale = np.where(x.max(axis=0) > 0, x.max(axis=0), 1.0)
     coef, _ = nnls(x / scale, y)
     coef = coef / scale
     err = np.abs(x @ coef - y)
-    return {"per_kernel_ms": float(coef[0]), "per_param_byte_ms": float(coef[1]), "per_act_byte_ms": float(coef[2]),
+    return {"method": "kernels", "per_kernel_ms": float(coef[0]), "per_param_byte_ms": float(coef[1]), "per_act_byte_ms": float(coef[2]),
             "samples": len(samples), "median_abs_err_ms": round(float(np.median(err)), 4), "max_abs_err_ms": round(float(err.max()), 4)}
 
 
-def _log_features(macs: float, in_bytes: float, out_bytes: float, param_bytes: float, attrs: Mapping[str, Any]) -> tuple[float, ...]:
-    """Where a kernel sits among the samples: log2 of its MACs and bytes, and of its output's last dimension.
+def _fit_graph_end_to_end(samples: Sequence[Sample], model: ProfileComputeModel) -> dict[str, Any]:
+    """The ``graph`` fit: a reference network's whole call ≈ s·(its predicted kernels) + a·kernels + b·parameter bytes
+    + b'·streamed parameter bytes (``streamed_param_bytes``) + c·bytes written.
+
+    The predicted kernels are ``model.nodes_ms`` of the network's nodes
+    (the per-op fits, neighbours, fused epilogues and layout changes, no
+    graph term): so the fit also takes up what the per-layer predictions
+    miss on whole networks, which the gap to kernels timed inside the
+    network does not (measured here: the heads of mobilenet_v2 and mnasnet
+    ran 10-20 % slower than their kernels predicted one by one).
+    Non-negative least squares on the relative error, as the per-op fits.
+    """
+    import numpy as np
+    from scipy.optimize import nnls
+
+    rows, walls = [], []
+    for s in samples:
+        ms, kernels, params, streamed, act = model._parts([Node.from_json(d) for d in s.attrs["nodes"]])
+        rows.append((ms, float(kernels), float(params - streamed), float(streamed), float(act)))
+        walls.append(float(s.wall_ms or 0.0))
+    x, y = np.array(rows), np.array(walls)
+    scale = np.where(x.max(axis=0) > 0, x.max(axis=0), 1.0)
+    w = 1.0 / y
+    coef, _ = nnls(x / scale * w[:, None], y * w)
+    coef = coef / scale
+    rel = np.abs(x @ coef - y) / y
+    return {"method": "end-to-end", "kernel_scale": float(coef[0]), "per_kernel_ms": float(coef[1]), "per_param_byte_ms": float(coef[2]),
+            "per_streamed_byte_ms": float(coef[3]), "per_act_byte_ms": float(coef[4]), "samples": len(samples), "median_rel_err": round(float(np.median(rel)), 4),
+            "max_rel_err": round(float(rel.max()), 4)}
+
+
+def _log_features(op: str, macs: float, in_bytes: float, out_bytes: float, param_bytes: float, attrs: Mapping[str, Any]) -> tuple[float, ...]:
+    """Where a kernel sits among the samples: log2 of its (lane-counted) MACs and bytes, of its output's last dimension, and its aliasing.
 
     The last dimension is there for element-wise ops and pooling in NCHW,
     whose speed depends on whether the row vectorizes (a ReLU over 112-wide
-    rows measured 10x faster per byte than over 28-wide ones).
+    rows measured 10x faster per byte than over 28-wide ones); the aliasing
+    (``_aliasing``) keeps a convolution with 1024 output channels from
+    taking its correction from one with 1152 and the other way round.
     """
     shape = attrs.get("out_shape") or ()
     width = float(shape[-1]) if shape else 0.0
-    return (math.log2(macs + 1), math.log2(in_bytes + 1), math.log2(out_bytes + 1), math.log2(param_bytes + 1), math.log2(width + 1))
+    return (math.log2(macs + 1), math.log2(in_bytes + 1), math.log2(out_bytes + 1), math.log2(param_bytes + 1), math.log2(width + 1),
+            ALIASING_MISMATCH if _aliasing(op, attrs) else 0.0)
 
 
 def _shape_class(attrs: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -245,9 +341,13 @@ class Neighbours:
     points: tuple[tuple[tuple[float, ...], tuple[Any, Any], float, str], ...]  # (log features, shape class, log(ms / fit), key)
 
     @classmethod
-    def of(cls, fit: Fit, samples: Iterable[Sample]) -> Neighbours:
-        return cls(tuple((_log_features(s.macs, s.in_bytes, s.out_bytes, s.param_bytes, s.attrs), _shape_class(s.attrs),
-                          math.log(s.ms / max(fit.predict(s.macs, s.bytes_moved), 1e-12)), s.key) for s in samples))
+    def of(cls, fit: Fit, samples: Iterable[Sample], lanes: int = 1) -> Neighbours:
+        points = []
+        for s in samples:
+            macs = _effective_macs(s, lanes)
+            points.append((_log_features(s.op, macs, s.in_bytes, s.out_bytes, s.param_bytes, s.attrs), _shape_class(s.attrs),
+                           math.log(s.ms / max(fit.predict(macs, s.bytes_moved), 1e-12)), s.key))
+        return cls(tuple(points))
 
     def correction(self, features: tuple[float, ...], shape: tuple[Any, Any], exclude: str = "") -> float:
         """measured/fitted near ``features``: weighted geometric mean over the ``K_NEIGHBOURS`` nearest samples (1.0 if none)."""
@@ -356,7 +456,7 @@ class ProfileComputeModel:
         profile = load_profile(path, expect_target)
         if not profile.samples:
             raise ProfileError(f"{path}: the profile holds no samples; measure some with `cogentc profile --target {profile.target} -o {path}`")
-        if not profile.fits:
+        if not profile.fits or profile.fit_method != FIT_METHOD:
             profile = fit_profile(profile)
         return cls(name, profile, str(path))
 
@@ -396,18 +496,23 @@ class ProfileComputeModel:
             variant = fit_key(s.op, s.attrs)
             if variant:
                 by_key.setdefault(variant, []).append(s)
-        return {k: Neighbours.of(Fit.from_json(self.profile.fits[k]), v) for k, v in by_key.items() if k in self.profile.fits}
+        return {k: Neighbours.of(Fit.from_json(self.profile.fits[k]), v, self.lanes) for k, v in by_key.items() if k in self.profile.fits}
+
+    @cached_property
+    def lanes(self) -> int:
+        return vector_lanes(self.profile)
 
     def kernel_ms(self, op: str, attrs: Mapping[str, Any], macs: float, in_bytes: float, out_bytes: float, param_bytes: float,
                   *, node: str = "", exclude: str = "") -> float:
         """Predicted ms of one kernel with these features: its fit, corrected by its nearest samples (``exclude``: a sample key to leave out)."""
         key = self._fit_key_for(op, attrs)
         fit = self.fit_for(op, attrs, node)
+        macs = macs / lane_use(op, attrs, self.lanes)
         base = fit.predict(macs, in_bytes + out_bytes + param_bytes)
         near = self._neighbours.get(key or "")
         if near is None:
             return base
-        return base * near.correction(_log_features(macs, in_bytes, out_bytes, param_bytes, attrs), _shape_class(attrs), exclude)
+        return base * near.correction(_log_features(op, macs, in_bytes, out_bytes, param_bytes, attrs), _shape_class(attrs), exclude)
 
     def node_ms(self, node: Node, tensors: Mapping[str, TensorInfo] | None = None, *, at_input: bool = False) -> float:
         """Predicted ms of ``node`` as a kernel of its own (``tensors``: known input tensors, see ``node_features``).
@@ -448,9 +553,13 @@ class ProfileComputeModel:
         ``cat`` that reads the half's input is predicted in that input's
         layout; and where the half converts layouts (convolutions in NHWC),
         the conversion of each 4-D input that a convolution reads and of each
-        4-D output that leaves in NHWC is added (``layout_ms``).
+        4-D output that leaves in NHWC is added (``layout_ms``).  Then the
+        ``graph`` fit turns the kernels into a whole call (``in_graph_ms``).
         """
-        nodes = list(nodes)
+        return self.in_graph_ms(*self._parts(list(nodes)))
+
+    def _parts(self, nodes: Sequence[Node]) -> tuple[float, int, int, int, int]:
+        """(ms of the kernels and layout changes, how many kernels, parameter bytes, of them streamed, bytes the kernels write) of the half ``nodes``."""
         tensors = {t.name: t for n in nodes for t in n.outputs}
         fused = fused_epilogues(nodes)
         total = 0.0
@@ -463,18 +572,39 @@ class ProfileComputeModel:
             kernels += n.op not in ZERO_COST_OPS
         layout, moves = self._layout(nodes)
         act = sum(n.output_bytes for n in nodes if n.op not in ZERO_COST_OPS and n.name not in fused)
-        return total + layout + self.in_graph_ms(kernels + moves, sum(n.param_bytes for n in nodes), act)
+        params = sum(n.param_bytes for n in nodes)
+        return total + layout, kernels + moves, params, self.streamed_param_bytes(nodes, params), act
 
-    def in_graph_ms(self, kernels: int, param_bytes: int, act_bytes: int) -> float:
-        """What a call of ``kernels`` kernels, reading ``param_bytes`` of weights and writing ``act_bytes``, costs beyond them.
+    def streamed_param_bytes(self, nodes: Sequence[Node], params: int) -> int:
+        """The weights of the half ``nodes`` that each call streams from memory: its linear layers', when all its weights exceed the last-level cache.
 
-        The ``graph`` fit (``reference_nets``); 0 for a profile without one.
+        A linear layer at batch 1 reads each weight once, so it runs at the
+        speed of wherever its weights are.  Timed alone its weights stay in
+        the cache; in a half whose weights do not fit there they come from
+        memory (measured here: three 2048-wide linear layers, 42 MB, took 3.6 ms
+        as a whole and 1.0 ms as their kernels timed alone).  0 for a profile
+        that does not record the cache size (``machine.llc_bytes``).
+        """
+        llc = self.profile.machine.get("llc_bytes")
+        if not llc or params <= int(llc):
+            return 0
+        return sum(n.param_bytes for n in nodes if n.op in ("linear", "matmul"))
+
+    def in_graph_ms(self, kernel_ms: float, kernels: int, param_bytes: int, streamed_bytes: int, act_bytes: int) -> float:
+        """A whole call of ``kernels`` kernels predicted at ``kernel_ms`` in all, with ``param_bytes`` of weights (``streamed_bytes``
+        of them streamed from memory, see ``streamed_param_bytes``), writing ``act_bytes``.
+
+        The ``graph`` fit (``reference_nets``): ``kernel_ms`` scaled by its
+        ``kernel_scale`` (1 for a fit of the gap to kernels timed alone) plus
+        what the call costs beyond them; ``kernel_ms`` alone for a profile without one.
         """
         fit = self.profile.fits.get(GRAPH)
         if fit is None or kernels == 0:
-            return 0.0
-        a, b, c = _graph_features(kernels, param_bytes, act_bytes)
-        return float(fit["per_kernel_ms"]) * a + float(fit["per_param_byte_ms"]) * b + float(fit["per_act_byte_ms"]) * c
+            return kernel_ms
+        return (float(fit.get("kernel_scale", 1.0)) * kernel_ms + float(fit["per_kernel_ms"]) * kernels
+                + float(fit["per_param_byte_ms"]) * (param_bytes - streamed_bytes)
+                + float(fit.get("per_streamed_byte_ms", fit["per_param_byte_ms"])) * streamed_bytes
+                + float(fit["per_act_byte_ms"]) * act_bytes)
 
     def layout_ms(self, nodes: Sequence[Node]) -> float:
         """The layout changes at the edges of the half ``nodes`` (0 when the profile has no ``layout_transform`` fits)."""

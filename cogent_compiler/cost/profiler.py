@@ -362,6 +362,22 @@ def _make_quota_cgroup(quota: float) -> Path:
     return path
 
 
+def _last_level_cache_bytes() -> int | None:
+    """Size of this CPU's last-level cache (Linux sysfs), or ``None`` where it cannot be read."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    best: tuple[int, int] | None = None
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            text = (index / "size").read_text().strip()
+            size = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+        except (OSError, ValueError):
+            continue
+        if best is None or level > best[0]:
+            best = (level, size)
+    return best[1] if best else None
+
+
 def _new_profile(target_label: str, tvm_target: Any, threads: int, cpu_quota: float | None, remote: dict[str, Any] | None = None) -> Profile:
     from importlib import metadata
 
@@ -375,6 +391,12 @@ def _new_profile(target_label: str, tvm_target: Any, threads: int, cpu_quota: fl
         name = remote.get("device_name") or remote.get("llvm_mcpu")
         machine = {"rpc": remote, "cpu": f"rpc {remote['key']} at {remote['tracker']}" + (f" ({name})" if name else ""),
                    "llvm_mcpu": remote.get("llvm_mcpu"), "cpu_quota": None, "threads": threads, "quota_period_us": None}
+    if tvm_target.kind.name == "llvm":
+        from cogent_compiler.backends.pipeline import _cpu_schedule_for
+
+        machine["vector_lanes"] = _cpu_schedule_for(tvm_target).lanes  # what the predictor counts MACs by (predictor.lane_use)
+        if remote is None:
+            machine["llc_bytes"] = _last_level_cache_bytes()  # whether a half's weights stay cached (predictor.streamed_params)
     return Profile(
         target=target_label, tvm_target=str(tvm_target), machine=machine, tvm=metadata.version("apache-tvm"),
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -417,7 +439,9 @@ def _sample(spec: LayerSpec, target: Any, work: Path, worker: _Worker | RemoteWo
         # what the whole call costs beyond its kernels timed alone (see reference_nets)
         wall = float(answer["wall_ms"])
         act = sum(n.output_bytes for n in graph.nodes if n.op not in ZERO_COST_OPS)
-        return Sample(op=GRAPH, attrs={"net": spec.net, "kernels": len(kernels), "act_bytes": act}, macs=graph.total_macs,
+        # its nodes too: the predictor fits the gap between this wall time and its own prediction of them
+        nodes = [n.to_json() for n in graph.nodes]
+        return Sample(op=GRAPH, attrs={"net": spec.net, "kernels": len(kernels), "act_bytes": act, "nodes": nodes}, macs=graph.total_macs,
                       in_bytes=sum(t.nbytes for t in graph.inputs), out_bytes=sum(graph.tensors[o].nbytes for o in graph.outputs),
                       param_bytes=sum(n.param_bytes for n in graph.nodes), ms=round(max(wall - sum(kernels.values()), 1e-6), 6),
                       runs=int(answer["runs"]), key=spec.key, wall_ms=round(wall, 6), kernels=kernels)

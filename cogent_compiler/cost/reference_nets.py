@@ -9,9 +9,10 @@ alone.
 
 So ``cogentc profile`` also measures a few synthetic networks, built from the
 blocks CNNs are made of at the resolutions they run at, none of them a real
-model: plain 3x3 chains at 224 and 56 pixels, inverted-residual stacks at 112
-and 56, a bottleneck stack at 14, inception-style blocks with concatenations
-at 28, and fully connected layers.  Each sample (op ``graph``) records the
+model: plain 3x3 chains at 224 and 56 pixels, inverted-residual stacks at 112,
+56 and 7 (the last with a classifier head), bottleneck and basic residual
+stacks at 14, inception-style blocks with concatenations at 28, and fully
+connected layers.  Each sample (op ``graph``) records the
 whole call, the sum of its kernels timed alone, its number of kernels, its
 parameter bytes and the bytes its kernels write; ``predictor.fit_profile``
 fits the gap on those three (``graph`` fit), and the predictor adds that gap
@@ -33,6 +34,8 @@ REFERENCE_NETS: dict[str, tuple[int, int]] = {
     "bottleneck-14": (256, 14),
     "inception-28": (192, 28),
     "fc": (2048, 1),
+    "basic-14": (256, 14),
+    "inverted-7": (160, 7),
 }
 
 
@@ -69,6 +72,14 @@ def reference_net(name: str) -> tuple[Any, tuple[Any, ...]]:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.relu(x + self.body(x))
 
+    class Basic(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(conv(c, c, 3), conv(c, c, 3, relu=False))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x + self.body(x))
+
     class Inception(nn.Module):
         def __init__(self, c: int) -> None:
             super().__init__()
@@ -95,6 +106,11 @@ def reference_net(name: str) -> tuple[Any, tuple[Any, ...]]:
         net = nn.Sequential(*(Bottleneck(256) for _ in range(3)), conv(256, 512, 3, 2), *(Bottleneck(512) for _ in range(2)))
     elif name == "inception-28":
         net = nn.Sequential(Inception(192), Inception(256), nn.MaxPool2d(3, 2, 1), Inception(256))
+    elif name == "basic-14":
+        net = nn.Sequential(Basic(256), Basic(256), conv(256, 512, 3, 2), Basic(512))
+    elif name == "inverted-7":
+        net = nn.Sequential(Inverted(160, 160, 1), Inverted(160, 160, 1), conv(160, 320, 1, relu=False), conv(320, 1280, 1),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000))
     else:  # fc
         net = nn.Sequential(nn.Flatten(), nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 1000))
     return net.eval(), (torch.randn(1, channels, size, size),)

@@ -89,6 +89,16 @@ class Node:
     def output_bytes(self) -> int:
         return sum(t.nbytes for t in self.outputs)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "op": self.op, "target": self.target, "inputs": list(self.inputs),
+                "outputs": [t.to_json() for t in self.outputs], "macs": self.macs, "param_bytes": self.param_bytes, "attrs": dict(self.attrs)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Node:
+        return cls(str(d["name"]), str(d["op"]), str(d.get("target", "")), tuple(str(i) for i in d["inputs"]),
+                   tuple(TensorInfo.from_json(t) for t in d["outputs"]), int(d.get("macs", 0)), int(d.get("param_bytes", 0)),
+                   dict(d.get("attrs") or {}))
+
 
 @dataclass(frozen=True)
 class Graph:
