@@ -60,23 +60,35 @@ def cuts_of(graph: Any, fractions: tuple[float, ...] = CUT_FRACTIONS) -> list[st
     return sorted(chosen, key=lambda c: share[c])
 
 
-def measure_halves(graph: Any, cut: str, worker: Any, work: Path, quota: bool) -> dict[str, float]:
-    """Compile the head and tail of ``graph`` cut at ``cut`` and time each whole call: {"head": ms, "tail": ms}."""
+def compile_halves(graph: Any, cut: str, work: Path) -> dict[str, tuple[Path, list[tuple[int, ...]]]]:
+    """Compile the head and tail of ``graph`` cut at ``cut`` as a bundle compiles them: {"head": (folder, input shapes), "tail": ...}."""
     from cogent_compiler.backends import resolve_target
     from cogent_compiler.backends.tvm_backend import compile_program
     from cogent_compiler.passes import partition_at, split_program
 
-    part = partition_at(graph, [cut])
-    split = split_program(part)
+    split = split_program(partition_at(graph, [cut]))
     out = {}
     for half, program, inputs in (("head", split.head, split.model_inputs), ("tail", split.tail, split.sent)):
         folder = Path(tempfile.mkdtemp(prefix=f"{half}-", dir=work))
         compile_program(program, split.kind, resolve_target("llvm"), folder, name=f"{graph.name}-{half}")
-        answer = worker.time(folder, [t.shape for t in inputs], 0.02 if quota else 0.05, 7, kernels=False)  # see profiler._run_layer
-        if "error" in answer:
-            raise RuntimeError(f"{graph.name} {half} at {cut}: {answer['error']}")
-        out[half] = float(answer["wall_ms"])
+        out[half] = (folder, [tuple(t.shape) for t in inputs])
     return out
+
+
+def time_halves(halves: dict[Any, tuple[Path, list[tuple[int, ...]]]], worker: Any, quota: bool, rounds: int) -> dict[Any, float]:
+    """Each compiled half's whole call, ms: the median over ``rounds`` rounds that each time every half once.
+
+    Interleaved rounds spread each half's timing over the run, so a burst of
+    load on this shared machine moves one round of it, not its median.
+    """
+    times: dict[Any, list[float]] = {k: [] for k in halves}
+    for _ in range(rounds):
+        for key, (folder, shapes) in halves.items():
+            answer = worker.time(folder, shapes, 0.02 if quota else 0.05, 7, kernels=False)  # see profiler._run_layer
+            if "error" in answer:
+                raise RuntimeError(f"{key}: {answer['error']}")
+            times[key].append(float(answer["wall_ms"]))
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def loo_error(model: Any) -> dict[str, float]:
@@ -92,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-dir", default=str(Path.home() / ".cache/cogent/bench-profiles"),
                     help="where the profiles are measured (and resumed from)")
     ap.add_argument("--profile-budget", default="25m", help="budget of each profile's measuring (default 25m; resumable)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds over all halves; each half's median counts (default 5)")
     ap.add_argument("-o", "--output", default=str(ROOT / "benchmarks/results/latency_model.json"))
     args = ap.parse_args(argv)
 
@@ -109,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     result: dict[str, Any] = {
         "benchmark": "latency_model", "machine": machine(), "threads": args.threads, "models": models,
-        "cut_fractions": list(CUT_FRACTIONS), "profiles": {}, "cases": [],
+        "cut_fractions": list(CUT_FRACTIONS), "rounds": args.rounds, "profiles": {}, "cases": [],
         "command": "python benchmarks/latency_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     graphs = {m: benchmark_graph(m) for m in models}
@@ -125,19 +138,24 @@ def main(argv: list[str] | None = None) -> int:
         worker = _Worker(args.threads, quota)
         try:
             with tempfile.TemporaryDirectory(prefix="cogent-latbench-") as tmp:
+                halves = {}
                 for name, graph in graphs.items():
                     for cut in cuts_of(graph):
-                        part = partition_at(graph, [cut])
-                        measured = measure_halves(graph, cut, worker, Path(tmp), quota is not None)
-                        for half, nodes in (("head", part.head_nodes), ("tail", part.tail_nodes)):
-                            predicted = model.nodes_ms(graph.node(n) for n in nodes)
-                            case = {"model": name, "cut": cut, "half": half, "target": "llvm", "quota": quota,
-                                    "head_macs_share": round(part.head_macs / graph.total_macs, 3), "nodes": len(nodes),
-                                    "predicted_ms": round(predicted, 4), "measured_ms": round(measured[half], 4),
-                                    "rel_error": round(abs(predicted - measured[half]) / measured[half], 4)}
-                            result["cases"].append(case)
-                            print(f"{tag:>9} {name:<14} {cut:<24} {half}: predicted {predicted:9.3f} ms, measured {measured[half]:9.3f} ms "
-                                  f"({predicted / measured[half]:.2f}x)", file=sys.stderr, flush=True)
+                        for half, compiled in compile_halves(graph, cut, Path(tmp)).items():
+                            halves[(name, cut, half)] = compiled
+                measured = time_halves(halves, worker, quota is not None, args.rounds)
+                for name, cut, half in halves:
+                    graph = graphs[name]
+                    part = partition_at(graph, [cut])
+                    nodes = part.head_nodes if half == "head" else part.tail_nodes
+                    predicted = model.nodes_ms(graph.node(n) for n in nodes)
+                    ms = measured[(name, cut, half)]
+                    case = {"model": name, "cut": cut, "half": half, "target": "llvm", "quota": quota,
+                            "head_macs_share": round(part.head_macs / graph.total_macs, 3), "nodes": len(nodes),
+                            "predicted_ms": round(predicted, 4), "measured_ms": round(ms, 4), "rel_error": round(abs(predicted - ms) / ms, 4)}
+                    result["cases"].append(case)
+                    print(f"{tag:>9} {name:<14} {cut:<24} {half}: predicted {predicted:9.3f} ms, measured {ms:9.3f} ms "
+                          f"({predicted / ms:.2f}x)", file=sys.stderr, flush=True)
         finally:
             worker.close()
     errors = [c["rel_error"] for c in result["cases"]]

@@ -205,7 +205,8 @@ def _result(args: argparse.Namespace, argv: list[str] | None, profiles: dict[str
         "note": "latencies are PREDICTED by the latency model on the pruned IR; accuracies are the oracle's (held-out digits after "
                 f"{args.oracle_steps} fine-tuning steps per plan)",
         "setup": {"profiles": profiles, "max_drop": args.max_drop, "rl_steps": args.rl_steps, "train_steps": args.train_steps,
-                  "agent": "default_config(rl_steps): TD3, warm-up min(300, rl_steps // 6), 4 gradient steps per step",
+                  "agent": "default_config(rl_steps): TD3, warm-up min(300, max(50, rl_steps // 6)) steps, half of its episodes one ratio "
+                           "for every group, 4 gradient steps per step",
                   "oracle_finetune_steps": args.oracle_steps, "val_samples": args.val_samples, "seed": args.seed,
                   "validate_finetune_steps": args.validate_steps,
                   "budget": "every baseline gets, per case, as many evaluated plans as the policy measured in training (plus its repairs)"},

@@ -34,14 +34,32 @@ takes the correction of the sizes around it.  A linear fit cannot follow
 what schedule tiling does (a 512-channel 7x7 3x3 convolution measured twice
 what its MACs predict, a 56x56 one 0.9x); the neighbours can.
 
+MACs are counted as the CPU schedule runs them (``lane_use``): it
+vectorizes a convolution's output channels (a linear layer's features) by
+their largest divisor up to the vector's lanes, so 1000 channels run in
+vectors of 10 of 16 lanes and count 1.6x.  Convolutions whose weight rows
+span whole 4 KiB pages (1024, 2048 output channels) alias in the cache and
+ran about half as fast per MAC; the neighbours keep them apart (``_aliasing``).
+
 Besides the kernels, each kernel call costs the VM a little
 (``kernel_overhead_ms``, the median of ``(wall - Σ kernels) / kernels`` over
 the layer samples), added once per predicted kernel.  A half (``nodes_ms``)
 also pays for the layout changes at its edges (``layout_transform:in/out``
 fits, from the transposes around every measured convolution) and for running
-as a whole rather than kernel by kernel with hot caches: the ``graph`` fit,
-ms ≈ a·kernels + b·parameter bytes + c, from whole reference networks
-(``reference_nets``).
+as a whole rather than kernel by kernel with hot caches: the ``graph`` fit
+(``in_graph_ms``) from whole reference networks (``reference_nets``), fitted
+end to end -- a network's wall time against the prediction of its own nodes:
+ms ≈ s·(predicted kernels) + a·kernels + b·weight bytes + b'·weight bytes
+streamed (``streamed_param_bytes``: linear layers' weights when a half's
+weights outgrow the last-level cache) + c·bytes written.
+
+How close this comes is ``benchmarks/latency_model.py`` (six torchvision
+models cut three ways, full speed and under a 10 % quota).  The lane count,
+the aliasing and the end-to-end graph fit came from its misses: the whole-call
+term, fitted before on the gap to kernels timed inside each network with one
+rate per weight byte, charged the rate three 2048-wide linear layers paid
+streaming 42 MB from memory to every weight, and mobile tails whose wall time
+equals their kernels came out 40-56 % over.
 """
 
 from __future__ import annotations
@@ -169,9 +187,10 @@ def lane_use(op: str, attrs: Mapping[str, Any], lanes: int) -> float:
     """The share of vector lanes the CPU schedule fills for this op (``pipeline._schedule_cpu``).
 
     The schedule splits the vectorized axis by its largest divisor up to the
-    lanes: 1000 output channels run 8 of 16 lanes (8 divides 1000, 16 does
-    not).  Measured here: a 512->1000 1x1 convolution at 13x13 ran 63 GMAC/s,
-    512->1008 104 GMAC/s.  So a kernel's MACs count as MACs / lane use.
+    lanes: 1000 output channels run in vectors of 10 of 16 lanes (10 divides
+    1000, 11 to 16 do not).  Measured here: a 512->1000 1x1 convolution at
+    13x13 ran 63 GMAC/s, 512->1008 104 GMAC/s.  So a kernel's MACs count as
+    MACs / lane use.
     """
     n = _vector_axis(op, attrs)
     if lanes <= 1 or n <= 0:

@@ -14,9 +14,10 @@ model: plain 3x3 chains at 224 and 56 pixels, inverted-residual stacks at 112,
 stacks at 14, inception-style blocks with concatenations at 28, and fully
 connected layers.  Each sample (op ``graph``) records the
 whole call, the sum of its kernels timed alone, its number of kernels, its
-parameter bytes and the bytes its kernels write; ``predictor.fit_profile``
-fits the gap on those three (``graph`` fit), and the predictor adds that gap
-to every half it predicts.
+parameter bytes, the bytes its kernels write and its nodes;
+``predictor.fit_profile`` fits the whole call against the predictor's own
+prediction of those nodes and the other counts (``graph`` fit), and the
+predictor applies that fit to every half it predicts.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ was a measured plan.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -79,6 +80,8 @@ class AgentConfig:
     #: critic/actor updates per environment step: each step's reward costs an accuracy measurement, updates are cheap
     gradient_steps: int = 1
     seed: int = 0
+    #: share of the warm-up's episodes that prune every group by one ratio drawn for the episode (``_warm_up_td3``)
+    uniform_warmup: float = 0.5
 
 
 def default_config(timesteps: int, seed: int = 0) -> AgentConfig:
@@ -94,15 +97,51 @@ def default_config(timesteps: int, seed: int = 0) -> AgentConfig:
     return AgentConfig(timesteps=timesteps, learning_starts=min(300, max(50, timesteps // 6)), gradient_steps=4, seed=seed)
 
 
-def _agent(env: Any, cfg: AgentConfig) -> Any:
+@functools.cache
+def _warm_up_td3() -> Any:
+    """TD3 whose warm-up plays some episodes with one ratio for every group, the rest with a random action per step.
+
+    stable-baselines3 warms up with independent random actions per step:
+    over a dozen groups those average out, and the replay buffer holds no
+    plan that prunes every group alike.  On vgg_digits such plans are the
+    best (uniform 0.6 beat every plan the agent measured by 6 %), and
+    neither the critics nor the measured plans it answers with could find
+    them.  So a share (``AgentConfig.uniform_warmup``) of the warm-up's
+    episodes draws one action per episode and plays it at every step,
+    without noise: correlated exploration, whose plans the repair scales
+    within the accuracy budget like any other.
+    """
     from stable_baselines3 import TD3
+
+    class WarmUpTD3(TD3):  # type: ignore[misc]
+        uniform_warmup = 0.0
+        _episode_action: float | None = None
+
+        def _sample_action(self, learning_starts: int, action_noise: Any = None, n_envs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+            if self.num_timesteps >= learning_starts or self.uniform_warmup <= 0.0 or n_envs != 1:
+                return super()._sample_action(learning_starts, action_noise, n_envs)
+            env = self.get_env().envs[0].unwrapped
+            if env._t == 0:  # a new episode: uniform or not, and its ratio
+                rng = np.random.default_rng([self.seed or 0, self.num_timesteps])
+                self._episode_action = float(rng.uniform(-1.0, 1.0)) if rng.random() < self.uniform_warmup else None
+            if self._episode_action is None:
+                return super()._sample_action(learning_starts, action_noise, n_envs)
+            action = np.full((1, *self.action_space.shape), self._episode_action, dtype=np.float32)
+            return action, action
+
+    return WarmUpTD3
+
+
+def _agent(env: Any, cfg: AgentConfig) -> Any:
     from stable_baselines3.common.noise import NormalActionNoise
 
     noise = NormalActionNoise(np.zeros(1), np.full(1, cfg.noise_sigma))
-    return TD3("MlpPolicy", env, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size, gamma=cfg.gamma,
+    agent = _warm_up_td3()("MlpPolicy", env, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size, gamma=cfg.gamma,
                learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, action_noise=noise, seed=cfg.seed,
                gradient_steps=cfg.gradient_steps,
                policy_kwargs={"net_arch": [cfg.width, cfg.width]}, verbose=0, device="cpu")
+    agent.uniform_warmup = cfg.uniform_warmup
+    return agent
 
 
 def train_policy(space: PlanSpace, cfg: AgentConfig, out: str | Path, *, ranges: ConditionRanges | None = None,
@@ -115,7 +154,6 @@ def train_policy(space: PlanSpace, cfg: AgentConfig, out: str | Path, *, ranges:
     resumes from it.  ``callback(step, mean_reward)``, called every
     ``checkpoint_every`` steps, may return ``False`` to stop (Optuna's pruning).
     """
-    from stable_baselines3 import TD3
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.monitor import Monitor
 
@@ -128,7 +166,8 @@ def train_policy(space: PlanSpace, cfg: AgentConfig, out: str | Path, *, ranges:
     ckpt, buf = work / "agent.zip", work / "replay.pkl"
     meta = work / "config.json"
     if ckpt.exists() and buf.exists() and meta.exists() and json.loads(meta.read_text()) == asdict(cfg):
-        agent = TD3.load(ckpt, env=env, device="cpu")
+        agent = _warm_up_td3().load(ckpt, env=env, device="cpu")
+        agent.uniform_warmup = cfg.uniform_warmup
         agent.load_replay_buffer(buf)
         log.info("resuming training at step %d of %d", agent.num_timesteps, cfg.timesteps)
     else:

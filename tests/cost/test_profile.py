@@ -11,9 +11,10 @@ import pytest
 
 from cogent_compiler.cli import main
 from cogent_compiler.cost import Profile, ProfileComputeModel, Sample, fit_profile, load_profile, save_profile
-from cogent_compiler.cost.predictor import fit_samples, fused_epilogues
+from cogent_compiler.cost.predictor import FIT_METHOD, fit_samples, fused_epilogues, lane_use, vector_lanes
 from cogent_compiler.cost.profiler import LayerSpec, measure_profile, reference_layers
 from cogent_compiler.errors import MissingFitError, ProfileError, ProfileFormatError, ProfileTargetError
+from cogent_compiler.ir import Node, TensorInfo
 
 #: Layers enough for tiny_cnn (conv2d, relu, add, max_pool2d, adaptive_avg_pool2d, linear; reshape is free).
 TINY_LAYERS = [
@@ -118,8 +119,6 @@ def test_neighbours_correct_the_fit_towards_measured_shapes():
 
 
 def test_a_half_pays_for_its_layout_changes_and_pools_at_its_input_use_their_own_fit():
-    from cogent_compiler.ir import Node, TensorInfo
-
     base = _synthetic()
     pools = [Sample("max_pool2d", {"out_shape": [1, c, 7, 7]}, 0, c * 196 * 4, c * 49 * 4, 0, 0.001 * c, 10, key=f"pool {c}") for c in (8, 16, 32)]
     at_input = [replace(s, attrs={**s.attrs, "boundary": True}, ms=s.ms * 10, key=s.key + " at input") for s in pools]
@@ -154,11 +153,93 @@ def test_a_fused_residual_add_has_its_own_fit_apart_from_the_standalone_add():
     assert p.fits["add:epilogue"]["samples"] == 3 and p.fits["add"]["samples"] == 1
     assert p.fits["add:epilogue"]["ms_per_byte"] == pytest.approx(1e-9, rel=1e-6)
     model = ProfileComputeModel("device", p)
-    from cogent_compiler.ir import Node, TensorInfo
-
     add = Node("add", "add", "aten.add.Tensor", ("a", "b"), (TensorInfo("add", (1, 10, 10, 10), "float32"),))
     assert model.epilogue_ms(add, 4000) == pytest.approx(4e-6)
     assert model.epilogue_ms(add, 0) == 0.0
+
+
+def _conv_node(name: str, src: str, c: int, cout: int | None = None, hw: int = 14) -> Node:
+    cout = cout or c
+    return Node(name, "conv2d", "aten.conv2d.default", (src,), (TensorInfo(name, (1, cout, hw, hw), "float32"),),
+                macs=cout * c * 9 * hw * hw, param_bytes=(cout * c * 9 + cout) * 4,
+                attrs={"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1], "groups": 1, "in_channels": c, "out_channels": cout})
+
+
+def _chain(c: int, depth: int) -> list[Node]:
+    return [_conv_node(f"conv{i}", "x" if i == 0 else f"conv{i - 1}", c) for i in range(depth)]
+
+
+def test_macs_count_by_the_vector_lanes_the_cpu_schedule_fills():
+    """The schedule vectorizes output channels by their largest divisor up to the lanes: 1000 channels fill 10 of 16."""
+    conv = {"kernel": [1, 1], "groups": 1, "in_channels": 512}
+    assert lane_use("conv2d", {**conv, "out_channels": 1008}, 16) == 1.0
+    assert lane_use("conv2d", {**conv, "out_channels": 1000}, 16) == 10 / 16
+    assert lane_use("conv2d", {**conv, "out_channels": 68}, 16) == 4 / 16
+    assert lane_use("conv2d", {**conv, "out_channels": 1000}, 8) == 1.0  # AVX2: 8 lanes divide 1000
+    assert lane_use("linear", {"out_features": 10}, 16) == pytest.approx(10 / 16)
+    assert lane_use("relu", {}, 16) == 1.0 and lane_use("conv2d", {**conv, "out_channels": 1000}, 1) == 1.0
+    samples = []
+    for c in (16, 32, 48, 64):  # every lane filled: 2e-8 ms per MAC
+        macs = c * c * 9 * 196
+        samples.append(Sample("conv2d", {"kernel": [3, 3], "groups": 1, "in_channels": c, "out_channels": c}, macs, c * 784, c * 784,
+                              c * c * 36, 2e-8 * macs, 10, key=f"conv {c}"))
+    base = _synthetic()
+    model = ProfileComputeModel("device", fit_profile(replace(base, samples=tuple(samples), machine={**base.machine, "vector_lanes": 16})))
+
+    def per_mac(cout: int) -> float:
+        attrs = {"kernel": [3, 3], "groups": 1, "in_channels": 64, "out_channels": cout}
+        macs = cout * 64 * 9 * 196
+        return model.kernel_ms("conv2d", attrs, macs, 64 * 784, cout * 784, cout * 64 * 36) / macs
+
+    assert per_mac(64) == pytest.approx(2e-8, rel=0.02)
+    assert per_mac(72) == pytest.approx(2e-8 * 16 / 12, rel=0.02)  # 72 channels: vectors of 12 lanes
+    assert per_mac(68) == pytest.approx(2e-8 * 16 / 4, rel=0.02)  # 68: of 4
+    assert vector_lanes(base) == 1 and vector_lanes(replace(base, machine={**base.machine, "arch": "x86_64"})) == 16
+
+
+def test_the_whole_call_fit_is_calibrated_on_reference_networks_end_to_end():
+    """Reference networks that ran 1.25x their predicted kernels teach the predictor to scale a half's kernels by 1.25."""
+    base = _synthetic()
+    bare = ProfileComputeModel("device", base)
+    nets = []
+    for c, depth in ((8, 2), (16, 3), (32, 2), (64, 4), (16, 6), (64, 1)):
+        nodes = _chain(c, depth)
+        wall = 1.25 * bare.nodes_ms(nodes)
+        nets.append(Sample("graph", {"net": f"chain{c}x{depth}", "kernels": depth + 2, "act_bytes": 0, "nodes": [n.to_json() for n in nodes]},
+                           0, 0, 0, sum(n.param_bytes for n in nodes), 0.0, 10, key=f"graph chain{c}x{depth}", wall_ms=wall))
+    p = fit_profile(base.with_samples((*base.samples, *nets)))
+    graph = p.fits["graph"]
+    assert graph["method"] == "end-to-end" and graph["samples"] == 6
+    assert graph["kernel_scale"] == pytest.approx(1.25, rel=1e-3) and graph["max_rel_err"] < 1e-3
+    model = ProfileComputeModel("device", p)
+    unseen = _chain(48, 5)
+    assert model.nodes_ms(unseen) == pytest.approx(1.25 * bare.nodes_ms(unseen), rel=1e-3)
+    # a profile of before (its networks without nodes) keeps the gap-to-kernels fit
+    old = fit_profile(base.with_samples((*base.samples, *(replace(s, attrs={k: v for k, v in s.attrs.items() if k != "nodes"}, ms=0.01)
+                                                           for s in nets))))
+    assert old.fits["graph"]["method"] == "kernels" and "kernel_scale" not in old.fits["graph"]
+
+
+def test_linear_weights_are_streamed_only_when_a_half_outgrows_the_cache():
+    base = _synthetic()
+    fc = Node("fc", "linear", "aten.linear.default", ("x",), (TensorInfo("fc", (1, 1000), "float32"),), macs=2048 * 1000,
+              param_bytes=(2048 * 1000 + 1000) * 4, attrs={"in_features": 2048, "out_features": 1000})
+    nodes = [*_chain(64, 2), fc]
+    params = sum(n.param_bytes for n in nodes)
+    small = ProfileComputeModel("device", replace(base, machine={**base.machine, "llc_bytes": params - 1}))
+    large = ProfileComputeModel("device", replace(base, machine={**base.machine, "llc_bytes": params}))
+    assert small.streamed_param_bytes(nodes, params) == fc.param_bytes
+    assert large.streamed_param_bytes(nodes, params) == 0
+    assert ProfileComputeModel("device", base).streamed_param_bytes(nodes, params) == 0  # cache size not recorded
+
+
+def test_a_profile_fitted_by_another_version_is_refitted_when_loaded(tmp_path, tiny_graph):
+    stale = replace(_synthetic(), fits={"conv2d": {"ms_per_mac": 1.0, "ms_per_byte": 0.0, "ms_fixed": 0.0, "samples": 4}}, fit_method=0)
+    save_profile(stale, tmp_path / "old.json")
+    model = ProfileComputeModel.from_file("device", tmp_path / "old.json")
+    assert model.profile.fit_method == FIT_METHOD and model.profile.fits == _synthetic().fits
+    for n in tiny_graph.nodes:
+        assert Node.from_json(json.loads(json.dumps(n.to_json()))) == n
 
 
 def test_fusion_puts_relu_and_residual_add_into_the_conv(tiny_graph):

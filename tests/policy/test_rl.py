@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 
 import numpy as np
@@ -134,6 +135,22 @@ def test_the_answer_is_the_faster_of_the_rollout_and_the_plans_measured_within_t
     # a budget no measured plan fits leaves the rollout
     _, _, strict = loaded.answer(space, Conditions(bandwidth_mbps=0.5, max_drop=-1.0))
     assert strict["source"] == "rollout" and strict["ratios"] == strict["rollout"]["ratios"]
+
+
+def test_the_warm_up_explores_plans_that_prune_every_group_alike(tmp_path, digits_space):
+    """With every warm-up episode uniform, each plan the oracle measured (and each repair of one) prunes both groups alike."""
+
+    def measured(share: float) -> list[dict[str, float]]:
+        oracle = AccuracyOracle(digits_space.graph, digits_space.data, finetune_steps=0, val_samples=200)
+        space = dataclasses.replace(digits_space, accuracy=oracle)
+        train_policy(space, AgentConfig(timesteps=40, learning_starts=40, uniform_warmup=share), tmp_path / f"p{share}.zip")
+        return [dict(k) for k in oracle.cache if k]
+
+    uniform = measured(1.0)
+    assert len(uniform) >= 5 and all(len(p) == 2 and len(set(p.values())) == 1 for p in uniform)
+    assert len({next(iter(p.values())) for p in uniform}) >= 5  # a ratio drawn per episode
+    mixed = measured(0.0)  # stable-baselines3's own warm-up: a random action per step
+    assert sum(len(set(p.values())) > 1 for p in mixed) >= len(mixed) // 2
 
 
 def test_training_resumes_from_its_checkpoint(tmp_path, digits_space):
