@@ -40,6 +40,10 @@ their largest divisor up to the vector's lanes, so 1000 channels run in
 vectors of 10 of 16 lanes and count 1.6x.  Convolutions whose weight rows
 span whole 4 KiB pages (1024, 2048 output channels) alias in the cache and
 ran about half as fast per MAC; the neighbours keep them apart (``_aliasing``).
+Bytes moved count a convolution's weights once per tile of output columns
+in each row when they outgrow the L2 cache (``weight_passes``): the schedule
+then reads them from the L3 again for every tile.  The profile records the
+lanes, the register block and the cache sizes (``cpu_facts``).
 
 Besides the kernels, each kernel call costs the VM a little
 (``kernel_overhead_ms``, the median of ``(wall - Σ kernels) / kernels`` over
@@ -55,7 +59,8 @@ weights outgrow the last-level cache) + c·bytes written.
 
 How close this comes is ``benchmarks/latency_model.py`` (six torchvision
 models cut three ways, full speed and under a 10 % quota).  The lane count,
-the aliasing and the end-to-end graph fit came from its misses: the whole-call
+the aliasing, the weight re-reads, the 5x5 depthwise reference layers and
+the end-to-end graph fit came from its misses: the whole-call
 term, fitted before on the gap to kernels timed inside each network with one
 rate per weight byte, charged the rate three 2048-wide linear layers paid
 streaming 42 MB from memory to every weight, and mobile tails whose wall time
@@ -108,8 +113,8 @@ MIN_VARIANT_SAMPLES = 3
 K_NEIGHBOURS = 4
 NEIGHBOUR_SOFTENING = 0.05
 #: Version of ``fit_profile``: a profile whose fits another version computed is refitted when loaded
-#: (2: MACs counted by lane use, ``lane_use``).
-FIT_METHOD = 2
+#: (2: MACs counted by lane use, ``lane_use``; 3: weights re-read past the L2, ``weight_passes``).
+FIT_METHOD = 3
 #: Distance added for a sample of another kernel size or stride.
 SHAPE_MISMATCH = 3.0
 #: Distance added between a convolution whose weight rows are a whole number of 4 KiB pages and one whose are not.
@@ -209,18 +214,62 @@ def _aliasing(op: str, attrs: Mapping[str, Any]) -> bool:
     return op == "conv2d" and n > 0 and (n * 4) % 4096 == 0 and int(attrs.get("groups", 1) or 1) == 1
 
 
-def _effective_macs(s: Sample, lanes: int) -> float:
-    return s.macs / lane_use(s.op, s.attrs, lanes)
+@dataclass(frozen=True)
+class CPUFacts:
+    """What the predictor knows of a profile's CPU: the schedule's vector lanes and register block, and the L2 cache per core."""
+
+    lanes: int = 1
+    block: int = 1
+    l2_bytes: int | None = None
 
 
-def fit_samples(samples: Sequence[Sample], lanes: int = 1) -> Fit:
+def cpu_facts(profile: Profile) -> CPUFacts:
+    """The ``CPUFacts`` a profile records (``cogentc profile`` writes them; older profiles lack the L2 size: no weight re-reads)."""
+    m = profile.machine
+    lanes = vector_lanes(profile)
+    block = int(m.get("vector_block") or {16: 16, 8: 8, 4: 8}.get(lanes, 1))
+    return CPUFacts(lanes, block, int(m["l2_bytes"]) if m.get("l2_bytes") else None)
+
+
+def weight_passes(op: str, attrs: Mapping[str, Any], block: int) -> int:
+    """How often the CPU schedule reads a convolution's weights: once per tile of output columns in each output row.
+
+    ``pipeline._schedule_cpu`` keeps a tile of output columns (the largest
+    divisor of the width up to ``block``) by a vector of output channels in
+    registers and runs every input channel and kernel tap into it, so each
+    output row reads all the weights once per column tile.
+    """
+    shape = attrs.get("out_shape") or ()
+    if op != "conv2d" or int(attrs.get("groups", 1) or 1) != 1 or len(shape) != 4 or block <= 1:
+        return 1
+    oh, ow = int(shape[2]), int(shape[3])
+    tile = max(d for d in range(1, min(ow, block) + 1) if ow % d == 0)
+    return max(1, oh * (ow // tile))
+
+
+def _moved(op: str, attrs: Mapping[str, Any], in_bytes: float, out_bytes: float, param_bytes: float, cpu: CPUFacts) -> float:
+    """Bytes a kernel moves: its input, output and weights, and its weights again on every re-read (``weight_passes``)
+    when they outgrow the L2 cache and come from the L3 each time (measured here: 2048->512 1x1 convolutions at 14x14,
+    4 MB of weights, ran at 58 GMAC/s, 512->512 ones with 1 MB at 85-106)."""
+    moved = in_bytes + out_bytes + param_bytes
+    if cpu.l2_bytes and param_bytes > cpu.l2_bytes:
+        moved += param_bytes * (weight_passes(op, attrs, cpu.block) - 1)
+    return moved
+
+
+def _effective(s: Sample, cpu: CPUFacts) -> tuple[float, float]:
+    """(MACs counted by lane use, bytes moved) of a sample."""
+    return s.macs / lane_use(s.op, s.attrs, cpu.lanes), _moved(s.op, s.attrs, s.in_bytes, s.out_bytes, s.param_bytes, cpu)
+
+
+def fit_samples(samples: Sequence[Sample], cpu: CPUFacts = CPUFacts()) -> Fit:
     """Fit one model to ``samples`` (see the module doc), MACs counted by ``lane_use``.  Precondition: at least one sample, every ``ms`` > 0."""
     import numpy as np
     from scipy.optimize import nnls
 
     if not samples:
         raise ProfileError("no samples to fit")
-    x = np.array([[_effective_macs(s, lanes), s.bytes_moved, 1.0] for s in samples], dtype=np.float64)
+    x = np.array([[*_effective(s, cpu), 1.0] for s in samples], dtype=np.float64)
     y = np.array([s.ms for s in samples], dtype=np.float64)
     if np.any(y <= 0):
         raise ProfileError(f"a sample has a non-positive time ({y.min()} ms); re-measure it")
@@ -259,11 +308,11 @@ def fit_profile(profile: Profile) -> Profile:
         if variant:
             by_key.setdefault(variant, []).append(s)
     fits: dict[str, dict[str, Any]] = {}
-    lanes = vector_lanes(profile)
+    cpu = cpu_facts(profile)
     for key in sorted(by_key):
         if ":" in key and not key.endswith((":epilogue", ":boundary")) and len(by_key[key]) < MIN_VARIANT_SAMPLES:
             continue
-        fits[key] = fit_samples(by_key[key], lanes).to_json()
+        fits[key] = fit_samples(by_key[key], cpu).to_json()
     for key, kernel, side in ((LAYOUT_IN, "transpose", "in_bytes"), (LAYOUT_OUT, "transpose1", "out_bytes")):
         moves = [Sample(op=key, attrs={}, macs=0, in_bytes=getattr(s, side), out_bytes=0, param_bytes=0, ms=s.kernels[kernel], runs=s.runs)
                  for s in profile.samples if s.op == "conv2d" and not s.attrs.get("epilogue") and s.kernels.get(kernel, 0) > 0]
@@ -360,12 +409,12 @@ class Neighbours:
     points: tuple[tuple[tuple[float, ...], tuple[Any, Any], float, str], ...]  # (log features, shape class, log(ms / fit), key)
 
     @classmethod
-    def of(cls, fit: Fit, samples: Iterable[Sample], lanes: int = 1) -> Neighbours:
+    def of(cls, fit: Fit, samples: Iterable[Sample], cpu: CPUFacts = CPUFacts()) -> Neighbours:
         points = []
         for s in samples:
-            macs = _effective_macs(s, lanes)
+            macs, moved = _effective(s, cpu)
             points.append((_log_features(s.op, macs, s.in_bytes, s.out_bytes, s.param_bytes, s.attrs), _shape_class(s.attrs),
-                           math.log(s.ms / max(fit.predict(macs, s.bytes_moved), 1e-12)), s.key))
+                           math.log(s.ms / max(fit.predict(macs, moved), 1e-12)), s.key))
         return cls(tuple(points))
 
     def correction(self, features: tuple[float, ...], shape: tuple[Any, Any], exclude: str = "") -> float:
@@ -515,19 +564,19 @@ class ProfileComputeModel:
             variant = fit_key(s.op, s.attrs)
             if variant:
                 by_key.setdefault(variant, []).append(s)
-        return {k: Neighbours.of(Fit.from_json(self.profile.fits[k]), v, self.lanes) for k, v in by_key.items() if k in self.profile.fits}
+        return {k: Neighbours.of(Fit.from_json(self.profile.fits[k]), v, self.cpu) for k, v in by_key.items() if k in self.profile.fits}
 
     @cached_property
-    def lanes(self) -> int:
-        return vector_lanes(self.profile)
+    def cpu(self) -> CPUFacts:
+        return cpu_facts(self.profile)
 
     def kernel_ms(self, op: str, attrs: Mapping[str, Any], macs: float, in_bytes: float, out_bytes: float, param_bytes: float,
                   *, node: str = "", exclude: str = "") -> float:
         """Predicted ms of one kernel with these features: its fit, corrected by its nearest samples (``exclude``: a sample key to leave out)."""
         key = self._fit_key_for(op, attrs)
         fit = self.fit_for(op, attrs, node)
-        macs = macs / lane_use(op, attrs, self.lanes)
-        base = fit.predict(macs, in_bytes + out_bytes + param_bytes)
+        macs = macs / lane_use(op, attrs, self.cpu.lanes)
+        base = fit.predict(macs, _moved(op, attrs, in_bytes, out_bytes, param_bytes, self.cpu))
         near = self._neighbours.get(key or "")
         if near is None:
             return base

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -225,6 +225,9 @@ def _families() -> list[list[LayerSpec]]:
         "conv1x1-s2": [conv(c, 2 * c, hw, 1, 2) for c in (32, 64, 128, 256) for hw in (14, 28, 56)],
         "depthwise": [conv(c, c, hw, 3, 1, c) for c in (16, 32, 96, 144, 192, 384, 576, 960) for hw in sizes],
         "depthwise-s2": [conv(c, c, hw, 3, 2, c) for c in (16, 32, 96, 144, 192, 384, 576, 960) for hw in (14, 28, 56, 112)],
+        # 5x5 depthwise (MnasNet, EfficientNet): 25 taps ran 1.3-1.9x slower per MAC than the 3x3 samples predicted
+        "depthwise-k5": [conv(c, c, hw, 5, 1, c) for c in (16, 96, 192, 576, 960) for hw in sizes]
+        + [conv(c, c, hw, 5, 2, c) for c in (32, 144, 384, 960) for hw in (14, 28, 56, 112)],
         "grouped": [conv(c, c, hw, 3, 1, g) for c, g in ((16, 2), (32, 4), (64, 2), (128, 4), (128, 32), (256, 32)) for hw in (7, 14, 28, 56)],
         # three input channels vectorize poorly: stems are a family of their own (ResNet's 7x7, MobileNet's 3x3)
         "stem": [LayerSpec("conv2d", 3, 16, 32, 3), LayerSpec("conv2d", 3, 32, 224, 3, 2), LayerSpec("conv2d", 3, 64, 224, 7, 2),
@@ -362,20 +365,40 @@ def _make_quota_cgroup(quota: float) -> Path:
     return path
 
 
-def _last_level_cache_bytes() -> int | None:
-    """Size of this CPU's last-level cache (Linux sysfs), or ``None`` where it cannot be read."""
+def _cache_bytes() -> dict[int, int]:
+    """This CPU's data and unified caches by level (Linux sysfs; empty where it cannot be read)."""
     units = {"K": 1024, "M": 1024**2, "G": 1024**3}
-    best: tuple[int, int] | None = None
+    sizes: dict[int, int] = {}
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
-            level = int((index / "level").read_text())
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
             text = (index / "size").read_text().strip()
-            size = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
-        except (OSError, ValueError):
+            sizes[int((index / "level").read_text())] = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+        except (OSError, ValueError, KeyError):
             continue
-        if best is None or level > best[0]:
-            best = (level, size)
-    return best[1] if best else None
+    return sizes
+
+
+def _cpu_facts(tvm_target: Any) -> dict[str, Any]:
+    """What the predictor reads of this CPU (``predictor.cpu_facts``): the CPU schedule's vector lanes and register block
+    for ``tvm_target`` and the sizes of the L2 and last-level caches."""
+    if tvm_target.kind.name != "llvm":
+        return {}
+    from cogent_compiler.backends.pipeline import _cpu_schedule_for
+
+    schedule = _cpu_schedule_for(tvm_target)
+    caches = _cache_bytes()
+    return {"vector_lanes": schedule.lanes, "vector_block": schedule.block, "l2_bytes": caches.get(2),
+            "llc_bytes": caches[max(caches)] if caches else None}
+
+
+def _same_cpu(machine: Mapping[str, Any], remote: dict[str, Any] | None) -> bool:
+    """Whether a profile's ``machine`` is this machine's CPU, so that facts an older cogentc did not record may be added on resume."""
+    from cogent_compiler.testbed.machine import machine_info
+
+    here = machine_info()
+    return remote is None and not machine.get("rpc") and machine.get("cpu") == here["cpu"] and machine.get("cores") == here["cores"]
 
 
 def _new_profile(target_label: str, tvm_target: Any, threads: int, cpu_quota: float | None, remote: dict[str, Any] | None = None) -> Profile:
@@ -391,12 +414,8 @@ def _new_profile(target_label: str, tvm_target: Any, threads: int, cpu_quota: fl
         name = remote.get("device_name") or remote.get("llvm_mcpu")
         machine = {"rpc": remote, "cpu": f"rpc {remote['key']} at {remote['tracker']}" + (f" ({name})" if name else ""),
                    "llvm_mcpu": remote.get("llvm_mcpu"), "cpu_quota": None, "threads": threads, "quota_period_us": None}
-    if tvm_target.kind.name == "llvm":
-        from cogent_compiler.backends.pipeline import _cpu_schedule_for
-
-        machine["vector_lanes"] = _cpu_schedule_for(tvm_target).lanes  # what the predictor counts MACs by (predictor.lane_use)
-        if remote is None:
-            machine["llc_bytes"] = _last_level_cache_bytes()  # whether a half's weights stay cached (predictor.streamed_params)
+    if remote is None:
+        machine.update(_cpu_facts(tvm_target))
     return Profile(
         target=target_label, tvm_target=str(tvm_target), machine=machine, tvm=metadata.version("apache-tvm"),
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -528,7 +547,7 @@ def measure_profile(
         if not same:
             raise ProfileError(f"{out}: holds a profile of target {old.target} (quota {old.cpu_quota}, threads {old.threads}), "
                                f"not {spec.label} (quota {cpu_quota}, threads {threads}); give another -o or delete it")
-        profile = old
+        profile = replace(old, machine={**_cpu_facts(tvm_target_for(spec)), **old.machine}) if _same_cpu(old.machine, remote_info) else old
         say(f"resuming {out}: {len(old.samples)} samples kept")
     tvm_target = tvm_target_for(spec)
     if profile is None:
@@ -555,7 +574,8 @@ def measure_profile(
                     say(f"[{i + 1}/{len(todo)}] {layer.key}: skipped ({type(e).__name__}: {first})")
                     continue
                 measured += 1
-                profile = fit_profile(profile.with_samples((*profile.samples, sample)))
+                # saved unfitted (fitting takes about a second): the loader fits a profile that has no fits
+                profile = replace(profile.with_samples((*profile.samples, sample)), fits={})
                 save_profile(profile, out)
                 call = f"; call {sample.wall_ms:.4f} ms" if sample.wall_ms is not None else " added to the convolution"
                 say(f"[{i + 1}/{len(todo)}] {layer.key}: {sample.ms:.4f} ms ({sample.runs} runs{call})")

@@ -11,7 +11,7 @@ import pytest
 
 from cogent_compiler.cli import main
 from cogent_compiler.cost import Profile, ProfileComputeModel, Sample, fit_profile, load_profile, save_profile
-from cogent_compiler.cost.predictor import FIT_METHOD, fit_samples, fused_epilogues, lane_use, vector_lanes
+from cogent_compiler.cost.predictor import FIT_METHOD, CPUFacts, _moved, fit_samples, fused_epilogues, lane_use, vector_lanes, weight_passes
 from cogent_compiler.cost.profiler import LayerSpec, measure_profile, reference_layers
 from cogent_compiler.errors import MissingFitError, ProfileError, ProfileFormatError, ProfileTargetError
 from cogent_compiler.ir import Node, TensorInfo
@@ -197,6 +197,20 @@ def test_macs_count_by_the_vector_lanes_the_cpu_schedule_fills():
     assert vector_lanes(base) == 1 and vector_lanes(replace(base, machine={**base.machine, "arch": "x86_64"})) == 16
 
 
+def test_weights_past_the_l2_are_read_again_for_every_tile_of_output_columns():
+    conv = {"groups": 1, "kernel": [1, 1]}
+    assert weight_passes("conv2d", {**conv, "out_shape": [1, 512, 14, 14]}, 16) == 14  # a tile of 14 columns per row
+    assert weight_passes("conv2d", {**conv, "out_shape": [1, 64, 56, 56]}, 16) == 56 * 4  # tiles of 14: four per row
+    assert weight_passes("conv2d", {**conv, "out_shape": [1, 64, 13, 13]}, 8) == 13 * 13  # 13 is prime: tiles of one column
+    assert weight_passes("conv2d", {"groups": 64, "out_shape": [1, 64, 14, 14]}, 16) == 1  # depthwise weights are few
+    assert weight_passes("linear", {"out_shape": [1, 1000]}, 16) == 1
+    cpu = CPUFacts(16, 16, l2_bytes=1 << 20)
+    attrs = {**conv, "out_shape": [1, 512, 14, 14]}
+    assert _moved("conv2d", attrs, 100, 200, 2 << 20, cpu) == 100 + 200 + 14 * (2 << 20)
+    assert _moved("conv2d", attrs, 100, 200, 1 << 19, cpu) == 100 + 200 + (1 << 19)  # fits the L2: read once
+    assert _moved("conv2d", attrs, 100, 200, 2 << 20, CPUFacts(16, 16)) == 100 + 200 + (2 << 20)  # L2 size unknown
+
+
 def test_the_whole_call_fit_is_calibrated_on_reference_networks_end_to_end():
     """Reference networks that ran 1.25x their predicted kernels teach the predictor to scale a half's kernels by 1.25."""
     base = _synthetic()
@@ -320,10 +334,16 @@ def test_cli_profile_on_a_small_budget_resumes(tmp_path, capsys):
     assert main([*argv, "--threads", "1", "--budget", "8s"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["samples"] >= 1 and first["threads"] == 1 and set(first["fits"]) <= {"relu", "add"}
+    facts = {k: load_profile(out).machine[k] for k in ("vector_lanes", "vector_block", "l2_bytes", "llc_bytes")}
+    assert facts["vector_lanes"] in (4, 8, 16) and facts["vector_block"] in (8, 16)
+    # a profile from a cogentc that did not record the CPU's facts gains them when resumed on the same machine
+    old = load_profile(out)
+    save_profile(replace(old, machine={k: v for k, v in old.machine.items() if k not in facts}), out)
     assert main([*argv, "--threads", "1", "--budget", "6s"]) == 0
     second = json.loads(capsys.readouterr().out)
     keys = [s.key for s in load_profile(out).samples]
     assert second["samples"] > first["samples"] and len(keys) == len(set(keys))
+    assert {k: load_profile(out).machine[k] for k in facts} == facts
     # another thread count is another profile: refused, the file kept
     assert main([*argv, "--threads", "2", "--budget", "5s"]) == 1
     assert "threads 1" in capsys.readouterr().err and len(load_profile(out).samples) == second["samples"]
