@@ -11,6 +11,10 @@ by ``cogentc profile`` under the same condition (the benchmark measures the
 profiles first, into ``--profile-dir``, resumably).  A profile never sees the
 benchmark's models: its reference layers are a fixed grid of shapes.
 
+The profile's reference networks are timed again before and after the
+halves (``machine_drift``): how much faster or slower the machine runs than
+when it was profiled, reported beside the errors, not used by them.
+
 Writes ``benchmarks/results/latency_model.json``: ``cases`` (model, cut,
 half, target, quota, predicted_ms, measured_ms, rel_error, measured_rounds_ms), their
 ``median_rel_error`` and ``max_rel_error`` (also per quota), the profiles'
@@ -94,6 +98,24 @@ def time_halves(halves: dict[Any, tuple[Path, list[tuple[int, ...]]]], worker: A
     return times
 
 
+def machine_drift(model: Any, worker: Any, work: Path, quota: bool) -> dict[str, Any]:
+    """The profile's reference networks timed again now, against their time in the profile: is the machine as fast as when profiled?
+
+    This VM shares its host: the same half measured up to 15 % slower half
+    an hour later.  The ratio is reported, not used: predictions stay the
+    profile's.
+    """
+    from cogent_compiler.backends import resolve_target
+    from cogent_compiler.cost.profiler import GRAPH, LayerSpec, _run_layer
+
+    nets = {}
+    for s in model.profile.samples:
+        if s.op == GRAPH and s.wall_ms:
+            _, _, answer = _run_layer(LayerSpec(GRAPH, 0, net=s.attrs["net"]), resolve_target("llvm"), work, worker, quota)
+            nets[s.attrs["net"]] = round(float(answer["wall_ms"]) / s.wall_ms, 3)
+    return {"now_over_profile": nets, "median": round(statistics.median(nets.values()), 3) if nets else None}
+
+
 def loo_error(model: Any) -> dict[str, float]:
     rel = [abs(p - s.ms) / s.ms for s, p in model.leave_one_out()]
     return {"median": round(statistics.median(rel), 4), "p90": round(sorted(rel)[int(0.9 * (len(rel) - 1))], 4), "samples": len(rel)}
@@ -146,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
                     for cut in cuts_of(graph):
                         for half, compiled in compile_halves(graph, cut, Path(tmp)).items():
                             halves[(name, cut, half)] = compiled
+                drift_before = machine_drift(model, worker, Path(tmp), quota is not None)
                 measured = time_halves(halves, worker, quota is not None, args.rounds)
+                drift_after = machine_drift(model, worker, Path(tmp), quota is not None)
+                result["profiles"][tag]["machine_drift"] = {"before_halves": drift_before, "after_halves": drift_after}
+                print(f"[{tag}] reference networks now / in the profile: {drift_before['median']} before the halves, "
+                      f"{drift_after['median']} after", file=sys.stderr, flush=True)
                 for name, cut, half in halves:
                     graph = graphs[name]
                     part = partition_at(graph, [cut])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -209,6 +211,25 @@ def test_weights_past_the_l2_are_read_again_for_every_tile_of_output_columns():
     assert _moved("conv2d", attrs, 100, 200, 2 << 20, cpu) == 100 + 200 + 14 * (2 << 20)
     assert _moved("conv2d", attrs, 100, 200, 1 << 19, cpu) == 100 + 200 + (1 << 19)  # fits the L2: read once
     assert _moved("conv2d", attrs, 100, 200, 2 << 20, CPUFacts(16, 16)) == 100 + 200 + (2 << 20)  # L2 size unknown
+
+
+def test_timing_keeps_the_median_batch_or_under_a_quota_the_fastest():
+    """A call that slows down as it runs: the median batch is a middle one, the fastest the first."""
+    from cogent_compiler.cost.profile_worker import time_call
+
+    def slowing() -> Callable[[], None]:
+        calls = [0]
+
+        def f() -> None:
+            calls[0] += 1
+            end = time.perf_counter() + 2e-6 * calls[0] ** 0.5
+            while time.perf_counter() < end:
+                pass
+        return f
+
+    median, n = time_call(slowing(), 0.002, 5)
+    fastest, m = time_call(slowing(), 0.002, 5, fastest=True)
+    assert n > 5 and m > 5 and fastest < 0.9 * median
 
 
 def test_the_whole_call_fit_is_calibrated_on_reference_networks_end_to_end():
