@@ -216,11 +216,12 @@ def _aliasing(op: str, attrs: Mapping[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class CPUFacts:
-    """What the predictor knows of a profile's CPU: the schedule's vector lanes and register block, and the L2 cache per core."""
+    """What the predictor knows of a profile's CPU: the schedule's vector lanes and register block, the L2 and last-level caches."""
 
     lanes: int = 1
     block: int = 1
     l2_bytes: int | None = None
+    llc_bytes: int | None = None
 
 
 def cpu_facts(profile: Profile) -> CPUFacts:
@@ -228,7 +229,7 @@ def cpu_facts(profile: Profile) -> CPUFacts:
     m = profile.machine
     lanes = vector_lanes(profile)
     block = int(m.get("vector_block") or {16: 16, 8: 8, 4: 8}.get(lanes, 1))
-    return CPUFacts(lanes, block, int(m["l2_bytes"]) if m.get("l2_bytes") else None)
+    return CPUFacts(lanes, block, int(m["l2_bytes"]) if m.get("l2_bytes") else None, int(m["llc_bytes"]) if m.get("llc_bytes") else None)
 
 
 def weight_passes(op: str, attrs: Mapping[str, Any], block: int) -> int:
@@ -653,8 +654,7 @@ class ProfileComputeModel:
         as a whole and 1.0 ms as their kernels timed alone).  0 for a profile
         that does not record the cache size (``machine.llc_bytes``).
         """
-        llc = self.profile.machine.get("llc_bytes")
-        if not llc or params <= int(llc):
+        if not self.cpu.llc_bytes or params <= self.cpu.llc_bytes:
             return 0
         return sum(n.param_bytes for n in nodes if n.op in ("linear", "matmul"))
 
