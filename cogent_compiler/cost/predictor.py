@@ -188,6 +188,11 @@ def _vector_axis(op: str, attrs: Mapping[str, Any]) -> int:
     return 0
 
 
+def _split(n: int, at_most: int) -> int:
+    """The factor the CPU schedule splits an axis of extent ``n`` by: its largest divisor up to ``at_most`` (``pipeline._schedule_cpu``)."""
+    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
+
+
 def lane_use(op: str, attrs: Mapping[str, Any], lanes: int) -> float:
     """The share of vector lanes the CPU schedule fills for this op (``pipeline._schedule_cpu``).
 
@@ -200,7 +205,7 @@ def lane_use(op: str, attrs: Mapping[str, Any], lanes: int) -> float:
     n = _vector_axis(op, attrs)
     if lanes <= 1 or n <= 0:
         return 1.0
-    return max(d for d in range(1, min(n, lanes) + 1) if n % d == 0) / lanes
+    return _split(n, lanes) / lanes
 
 
 def _aliasing(op: str, attrs: Mapping[str, Any]) -> bool:
@@ -244,7 +249,7 @@ def weight_passes(op: str, attrs: Mapping[str, Any], block: int) -> int:
     if op != "conv2d" or int(attrs.get("groups", 1) or 1) != 1 or len(shape) != 4 or block <= 1:
         return 1
     oh, ow = int(shape[2]), int(shape[3])
-    tile = max(d for d in range(1, min(ow, block) + 1) if ow % d == 0)
+    tile = _split(ow, block)
     return max(1, oh * (ow // tile))
 
 
