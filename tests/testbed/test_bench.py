@@ -54,8 +54,10 @@ def test_bench_repeat_slows_a_small_device_half_that_the_quota_does_not(bundle, 
         result = json.loads(out.read_text())
         _check(result, 5)
         assert result["conditions"]["device_sched"] == sched
-        ms[sched] = {k: p["median_ms"] for k, p in result["plans"].items()}
-    # the device's own compute, 10x slower when repeated; the edge's is not
+        ms[sched] = {k: p["median_ms"] if sched == "repeat" else min(p["runs_ms"]) for k, p in result["plans"].items()}
+    # the device's own compute, 10x slower when repeated; the edge's is not. The quota side counts its fastest request:
+    # eager PyTorch is near the quota's 1 ms per period, so some of its requests are throttled and some are not (CI saw a
+    # median of 0.59 ms beside a p95 of 15 ms), and throttling only ever slows a request.
     assert ms["repeat"]["device_only"] >= 4 * ms["quota"]["device_only"], ms
     assert ms["repeat"]["device_eager"] >= 4 * ms["quota"]["device_eager"], ms
     assert not leftover_names()
