@@ -158,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edge-profile", default=str(Path.home() / ".cache/cogent/bench-profiles/llvm-t1-full.json"))
     p.add_argument("--flags-compute", action="store_true", help="device 2 GMAC/s, edge 100 GMAC/s estimates instead of profiles")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--smoke", action="store_true", help="vgg_digits, 2 conditions, 200 training and 100 TD3 steps, flags-only compute")
+    p.add_argument("--smoke", action="store_true", help="vgg_digits, 2 conditions, 200 training and 60 TD3 steps, 30-step checks, flags-only compute")
     p.add_argument("-o", "--output", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
     if args.smoke:
-        args.models, args.conditions, args.train_steps, args.rl_steps, args.val_samples, args.flags_compute = "vgg_digits", 2, 200, 100, 100, True
+        args.models, args.conditions, args.train_steps, args.rl_steps, args.val_samples, args.flags_compute = "vgg_digits", 2, 200, 60, 100, True
+        args.validate_steps = 30
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(MODELS))
     if unknown:

@@ -35,7 +35,8 @@ def run_split(split, x):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_single_cut_composes_to_the_model(name):
+def test_single_cuts_compose_to_the_model(name):
+    """At most 16 single cuts per model, spread evenly, and the last: re-exporting both halves costs ~2.5 s per cut (mobilenet_v2 has 73)."""
     torch.manual_seed(0)
     model = MODELS[name]().eval()
     x = torch.randn(1, 3, 64, 64)
@@ -45,7 +46,8 @@ def test_every_single_cut_composes_to_the_model(name):
     cuts = single_tensor_cuts(graph)
     assert cuts[0] == "x" and cuts[-1] == graph.outputs[0]
     assert len(cuts) >= 8, cuts
-    for cut in cuts:
+    step = -(-len(cuts) // 16)
+    for cut in sorted(set(cuts[::step]) | {cuts[-1]}, key=cuts.index):
         split = split_program(partition_at(graph, (cut,)))
         assert (split.head is None) == (cut == "x")
         assert (split.tail is None) == (cut == graph.outputs[0])
