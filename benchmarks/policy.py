@@ -41,6 +41,7 @@ and ``summary``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -99,7 +100,8 @@ def run_model(name: str, args: argparse.Namespace, compute: tuple[Any, Any], say
                              max_drop=(args.max_drop, args.max_drop))
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="cogent-policy-") as tmp:
-        policy = train_policy(space, default_config(args.rl_steps, seed=args.seed), Path(tmp) / "policy.zip", ranges=ranges,
+        cfg = dataclasses.replace(default_config(args.rl_steps, seed=args.seed), uniform_warmup=args.uniform_warmup)
+        policy = train_policy(space, cfg, Path(tmp) / "policy.zip", ranges=ranges,
                               callback=lambda step, r: say(f"{name}: step {step}/{args.rl_steps}, mean reward {r:.3f}") or True)
     train_s, train_evals = time.time() - t0, oracle.evaluations
     say(f"{name}: policy trained in {train_s:.0f}s with {train_evals} plans measured")
@@ -144,6 +146,8 @@ def run_model(name: str, args: argparse.Namespace, compute: tuple[Any, Any], say
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cogent_compiler.policy.rl import AgentConfig
+
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--conditions", type=int, default=len(CONDITIONS), help=f"how many of the {len(CONDITIONS)} conditions (default all)")
@@ -158,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edge-profile", default=str(Path.home() / ".cache/cogent/bench-profiles/llvm-t1-full.json"))
     p.add_argument("--flags-compute", action="store_true", help="device 2 GMAC/s, edge 100 GMAC/s estimates instead of profiles")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--uniform-warmup", type=float, default=AgentConfig.uniform_warmup,
+                   help=f"share of TD3's warm-up episodes that prune every group by one ratio (default {AgentConfig.uniform_warmup}; 0: "
+                        "stable-baselines3's per-step random actions)")
     p.add_argument("--smoke", action="store_true", help="vgg_digits, 2 conditions, 200 training and 60 TD3 steps, 30-step checks, flags-only compute")
     p.add_argument("-o", "--output", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
@@ -206,8 +213,8 @@ def _result(args: argparse.Namespace, argv: list[str] | None, profiles: dict[str
         "note": "latencies are PREDICTED by the latency model on the pruned IR; accuracies are the oracle's (held-out digits after "
                 f"{args.oracle_steps} fine-tuning steps per plan)",
         "setup": {"profiles": profiles, "max_drop": args.max_drop, "rl_steps": args.rl_steps, "train_steps": args.train_steps,
-                  "agent": "default_config(rl_steps): TD3, warm-up min(300, max(50, rl_steps // 6)) steps, half of its episodes one ratio "
-                           "for every group, 4 gradient steps per step",
+                  "agent": "default_config(rl_steps): TD3, warm-up min(300, max(50, rl_steps // 6)) steps, a share of its episodes one ratio "
+                           "for every group, 4 gradient steps per step", "uniform_warmup": args.uniform_warmup,
                   "oracle_finetune_steps": args.oracle_steps, "val_samples": args.val_samples, "seed": args.seed,
                   "validate_finetune_steps": args.validate_steps,
                   "budget": "every baseline gets, per case, as many evaluated plans as the policy measured in training (plus its repairs)"},
