@@ -77,6 +77,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cogent_compiler.cost.profile import Profile, Sample, load_profile, target_kind
 from cogent_compiler.errors import MissingFitError, ProfileError
 from cogent_compiler.ir import Node
@@ -117,6 +119,8 @@ NEIGHBOUR_SOFTENING = 0.05
 FIT_METHOD = 3
 #: Distance added for a sample of another kernel size or stride.
 SHAPE_MISMATCH = 3.0
+#: kernel predictions kept per compute model (``ProfileComputeModel.kernel_ms``)
+KERNEL_MEMO_SIZE = 65_536
 #: Distance added between a convolution whose weight rows are a whole number of 4 KiB pages and one whose are not.
 ALIASING_MISMATCH = 2.0
 
@@ -423,20 +427,31 @@ class Neighbours:
                            math.log(s.ms / max(fit.predict(macs, moved), 1e-12)), s.key))
         return cls(tuple(points))
 
+    @cached_property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The points as arrays: (features, one row per sample; log ratios; keys).  A planner prices thousands of kernels."""
+        features = np.array([p[0] for p in self.points], dtype=float).reshape(len(self.points), -1)
+        return features, np.array([p[2] for p in self.points], dtype=float), np.array([p[3] for p in self.points], dtype=object)
+
+    @cached_property
+    def _mismatch(self) -> dict[tuple[Any, Any], np.ndarray]:
+        return {}
+
     def correction(self, features: tuple[float, ...], shape: tuple[Any, Any], exclude: str = "") -> float:
         """measured/fitted near ``features``: weighted geometric mean over the ``K_NEIGHBOURS`` nearest samples (1.0 if none)."""
-        scored = []
-        for f, cls_, log_ratio, key in self.points:
-            if exclude and key == exclude:
-                continue
-            d2 = sum((a - b) ** 2 for a, b in zip(f, features)) + (SHAPE_MISMATCH**2 if cls_ != shape else 0.0)
-            scored.append((d2, log_ratio))
-        if not scored:
+        points, log_ratios, keys = self._arrays
+        mismatch = self._mismatch.get(shape)
+        if mismatch is None:
+            mismatch = self._mismatch[shape] = np.array([SHAPE_MISMATCH**2 if p[1] != shape else 0.0 for p in self.points])
+        d2 = ((points - np.asarray(features, dtype=float)) ** 2).sum(axis=1) + mismatch
+        if exclude:
+            keep = keys != exclude
+            d2, log_ratios = d2[keep], log_ratios[keep]
+        if not d2.size:
             return 1.0
-        scored.sort(key=lambda t: t[0])
-        near = scored[:K_NEIGHBOURS]
-        weights = [1.0 / (d2 + NEIGHBOUR_SOFTENING) for d2, _ in near]
-        return math.exp(sum(w * r for w, (_, r) in zip(weights, near)) / sum(weights))
+        near = np.argsort(d2, kind="stable")[:K_NEIGHBOURS]
+        weights = 1.0 / (d2[near] + NEIGHBOUR_SOFTENING)
+        return math.exp(float((weights * log_ratios[near]).sum() / weights.sum()))
 
 
 def _dtype_bytes(node: Node) -> int:
@@ -547,7 +562,10 @@ class ProfileComputeModel:
         """The fit that predicts ``op`` (its conv2d variant's if the profile has one); ``MissingFitError`` if none."""
         key = self._fit_key_for(op, attrs)
         if key is not None:
-            return Fit.from_json(self.profile.fits[key])
+            fit = self._parsed_fits.get(key)
+            if fit is None:
+                fit = self._parsed_fits[key] = Fit.from_json(self.profile.fits[key])
+            return fit
         from cogent_compiler.cost.profiler import REFERENCE_OPS
 
         measured = ", ".join(sorted(k for k in self.profile.fits if ":" not in k)) or "none"
@@ -558,6 +576,14 @@ class ProfileComputeModel:
             hint = "no reference layer of `cogentc profile` measures it yet; use --device-gmacs/--edge-gmacs estimates for this model"
         what = f"op {op!r} (node {node!r})" if node else f"op {op!r}"
         raise MissingFitError(f"{where}: {what} has no fit in this {self.profile.target} profile (it has: {measured}); {hint}")
+
+    @cached_property
+    def _parsed_fits(self) -> dict[str, Fit]:
+        return {}
+
+    @cached_property
+    def _kernel_memo(self) -> dict[tuple[Any, ...], float]:
+        return {}
 
     @cached_property
     def _neighbours(self) -> dict[str, Neighbours]:
@@ -578,7 +604,20 @@ class ProfileComputeModel:
 
     def kernel_ms(self, op: str, attrs: Mapping[str, Any], macs: float, in_bytes: float, out_bytes: float, param_bytes: float,
                   *, node: str = "", exclude: str = "") -> float:
-        """Predicted ms of one kernel with these features: its fit, corrected by its nearest samples (``exclude``: a sample key to leave out)."""
+        """Predicted ms of one kernel with these features: its fit, corrected by its nearest samples (``exclude``: a sample key to leave out).
+
+        Memoised: a planner prices the same pruned node once per candidate cut.
+        """
+        memo = (op, repr(attrs), macs, in_bytes, out_bytes, param_bytes, exclude)  # attrs hold lists; equal reprs, equal attrs
+        ms = self._kernel_memo.get(memo)
+        if ms is None:
+            if len(self._kernel_memo) >= KERNEL_MEMO_SIZE:
+                self._kernel_memo.clear()
+            ms = self._kernel_memo[memo] = self._kernel_ms(op, attrs, macs, in_bytes, out_bytes, param_bytes, node, exclude)
+        return ms
+
+    def _kernel_ms(self, op: str, attrs: Mapping[str, Any], macs: float, in_bytes: float, out_bytes: float, param_bytes: float,
+                   node: str, exclude: str) -> float:
         key = self._fit_key_for(op, attrs)
         fit = self.fit_for(op, attrs, node)
         macs = macs / lane_use(op, attrs, self.cpu.lanes)
