@@ -34,9 +34,9 @@ those whose chosen plan runs something on the edge, one per model first,
 preferring a chosen min-cut and bandwidths near 20 Mbit/s; ``--measure-cases
 resnet18@20,...`` names them instead.  Each takes a few minutes (compiling the
 halves, and each baseline in ``--measure-plans``).  The testbed's ``tbf`` lets
-a burst of max(32 KiB, 10 ms of bytes) through at line rate, which the latency
-model does not know: a measured transfer of a tensor near that size is faster
-than predicted (at 100 Mbit/s 125 kB of a tensor cross at once).
+a burst of 1 ms of bytes (at least two frames) through at line rate
+(``testbed.emulation.tbf_burst``; runs before its fix had 10 ms, at least 32 KiB,
+and measured small tensors faster than their link allows).
 
 Writes ``benchmarks/results/partition.json``: ``machine``, ``command``,
 ``profiles``, ``link``, ``cases`` (``model``, ``bandwidth_mbps``, ``plans``:
