@@ -81,7 +81,7 @@ class AgentConfig:
     gradient_steps: int = 1
     seed: int = 0
     #: share of the warm-up's episodes that prune every group by one ratio drawn for the episode (``_warm_up_td3``);
-    #: 0 is stable-baselines3's own warm-up, which measured better (see ``_warm_up_td3``); ``cogentc tune`` tunes it
+    #: 0 is stable-baselines3's own warm-up (neither measured better, see ``_warm_up_td3``); ``cogentc tune`` tunes it
     uniform_warmup: float = 0.0
 
 
@@ -113,12 +113,12 @@ def _warm_up_td3() -> Any:
     within the accuracy budget like any other.
 
     Measured since (``benchmarks/policy.py --rl-steps 300 --oracle-steps 20``,
-    one seed, the agent's best plan over the best baseline's at an equal
-    budget, checked as a compile checks it): with half the warm-up uniform,
-    vgg_digits 1.08x, resnet_digits 1.13-1.15x, mobile_digits 0.39-0.69x (no
-    baseline found a plan within the budget there): 4 of 12 cases within 5 %;
-    without, 0.81-0.82x, 0.71-0.83x and 1.24x: 8 of 12.  So the default is 0
-    and ``cogentc tune`` searches the share.
+    the agent's best plan over the best baseline's at an equal budget, checked
+    as a compile checks it), the share does not decide it: on vgg_digits half
+    uniform gave 1.08x with seed 0 and 0.84x with seed 1, none 0.82x and 1.09x;
+    resnet_digits (seed 0) 1.15x against 0.83x, mobile_digits 0.69x against
+    1.24x.  The seeds move it more than the warm-up does, so the default is
+    stable-baselines3's own (0) and ``cogentc tune`` searches the share.
     """
     from stable_baselines3 import TD3
 

@@ -50,7 +50,7 @@ def suggest_config(trial: Any, base: AgentConfig) -> AgentConfig:
         buffer_size=trial.suggest_categorical("buffer_size", [5_000, 20_000, 100_000]),
         gamma=trial.suggest_float("gamma", 0.9, 0.999),
         learning_starts=trial.suggest_int("learning_starts", 50, max(51, base.timesteps // 4), log=True),
-        # how much of the warm-up prunes every group alike: it helped on one digits CNN and hurt on another (benchmarks/policy.py)
+        # how much of the warm-up prunes every group alike: no share won across models and seeds (benchmarks/policy.py)
         uniform_warmup=trial.suggest_float("uniform_warmup", 0.0, 1.0),
         width=trial.suggest_categorical("width", [32, 64, 128]),
     )
