@@ -210,6 +210,7 @@ def measure_case(case: Mapping[str, Any], args: argparse.Namespace, work: Path, 
     """Compile ``case``'s chosen plan with ``cogentc`` and measure it with ``cogentc bench``'s testbed; the bench figures per plan."""
     from cogent_compiler.cli import main as cogentc
     from cogent_compiler.testbed.bench import BenchConfig, bench_bundle
+    from cogent_compiler.testbed.emulation import tbf_burst
 
     bw = case["bandwidth_mbps"]
     cut = case["plan_details"][case["chosen"]]["cut"]
@@ -222,7 +223,7 @@ def measure_case(case: Mapping[str, Any], args: argparse.Namespace, work: Path, 
         raise SystemExit(f"cogentc failed: cogentc {' '.join(flags)}")
     compiled_s = time.time() - t0
     built = json.loads((out / "plan.json").read_text())["chosen"]
-    burst = max(32 * 1024, int(bw * 1e6) // 8 // 100)  # the testbed's tbf bucket (testbed.emulation): this much crosses at line rate
+    burst = tbf_burst(int(bw * 1e6))  # the testbed's token bucket: this much crosses at line rate after a pause
     config = BenchConfig(bandwidth_bps=bw * 1e6, rtt_s=args.rtt_ms / 1e3, device_quota=args.device_quota, requests=args.requests,
                          device_cpu=args.device_cpu, edge_cpu=args.edge_cpu)
     say = (lambda stage, msg: print(f"[{stage}] {msg}", file=sys.stderr, flush=True))
