@@ -562,10 +562,7 @@ class ProfileComputeModel:
         """The fit that predicts ``op`` (its conv2d variant's if the profile has one); ``MissingFitError`` if none."""
         key = self._fit_key_for(op, attrs)
         if key is not None:
-            fit = self._parsed_fits.get(key)
-            if fit is None:
-                fit = self._parsed_fits[key] = Fit.from_json(self.profile.fits[key])
-            return fit
+            return Fit.from_json(self.profile.fits[key])
         from cogent_compiler.cost.profiler import REFERENCE_OPS
 
         measured = ", ".join(sorted(k for k in self.profile.fits if ":" not in k)) or "none"
@@ -576,10 +573,6 @@ class ProfileComputeModel:
             hint = "no reference layer of `cogentc profile` measures it yet; use --device-gmacs/--edge-gmacs estimates for this model"
         what = f"op {op!r} (node {node!r})" if node else f"op {op!r}"
         raise MissingFitError(f"{where}: {what} has no fit in this {self.profile.target} profile (it has: {measured}); {hint}")
-
-    @cached_property
-    def _parsed_fits(self) -> dict[str, Fit]:
-        return {}
 
     @cached_property
     def _kernel_memo(self) -> dict[tuple[Any, ...], float]:
