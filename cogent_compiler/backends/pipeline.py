@@ -206,7 +206,7 @@ def prepare(mod: Any, tvm_target: Any, *, layout: str | None = None) -> Any:
     with tvm_target:
         mod = relax.transform.DecomposeOpsForInference()(mod)
         if layout != "NCHW":
-            mod = _clip_to_min_max(mod)
+            mod = _squeeze_positive_axes(_clip_to_min_max(mod))
             mod = relax.transform.ConvertLayout(_CONV2D_LAYOUT[layout])(mod)
         mod = relax.transform.LiftTransformParams()(mod)
         lifted = {gv.name_hint: f for gv, f in mod.functions_items() if gv.name_hint == TRANSFORM_PARAMS}
@@ -246,6 +246,31 @@ def _clip_to_min_max(mod: Any) -> Any:
         if low is None or high is None or dtype is None or not str(dtype).startswith("float"):
             return expr
         return relax.op.minimum(relax.op.maximum(x, relax.const(low, dtype)), relax.const(high, dtype))
+
+    funcs = {gv: rewrite_call(pattern, rewriter, f) if isinstance(f, relax.Function) else f for gv, f in mod.functions_items()}
+    return IRModule(funcs, attrs=mod.attrs)
+
+
+def _squeeze_positive_axes(mod: Any) -> Any:
+    """``squeeze`` with its axes counted from the front (same values) in every Relax function.
+
+    ``ConvertLayout``'s layout rule for ``relax.squeeze`` fails with
+    ``std::bad_alloc`` on a negative axis (TVM 0.27), and the importer writes
+    one for every ``nn.MultiheadAttention`` (``squeeze(-2)`` of the packed
+    q/k/v projection): without this no transformer compiled in NHWC.
+    """
+    from tvm import IRModule, relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    data = wildcard()
+    pattern = is_op("relax.squeeze")(data)
+
+    def rewriter(expr: Any, matches: Any) -> Any:
+        axes = expr.attrs.axis
+        ndim = int(getattr(matches[data].ty, "ndim", -1))
+        if axes is None or ndim < 0 or all(int(a) >= 0 for a in axes):
+            return expr
+        return relax.op.squeeze(matches[data], axis=[int(a) % ndim for a in axes])
 
     funcs = {gv: rewrite_call(pattern, rewriter, f) if isinstance(f, relax.Function) else f for gv, f in mod.functions_items()}
     return IRModule(funcs, attrs=mod.attrs)

@@ -11,8 +11,9 @@ So ``cogentc profile`` also measures a few synthetic networks, built from the
 blocks CNNs are made of at the resolutions they run at, none of them a real
 model: plain 3x3 chains at 224 and 56 pixels, inverted-residual stacks at 112,
 56 and 7 (the last with a classifier head), bottleneck and basic residual
-stacks at 14, inception-style blocks with concatenations at 28, and fully
-connected layers.  Each sample (op ``graph``) records the
+stacks at 14, inception-style blocks with concatenations at 28, fully
+connected layers, and a small vision transformer (8x8 patches of a 64x64
+image, a class token, two pre-norm encoder blocks of 192 features).  Each sample (op ``graph``) records the
 whole call, the sum of its kernels timed alone, its number of kernels, its
 parameter bytes, the bytes its kernels write and its nodes;
 ``predictor.fit_profile`` fits the whole call against the predictor's own
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["REFERENCE_NETS", "reference_net"]
+__all__ = ["REFERENCE_NETS", "reference_net", "vision_transformer"]
 
 #: name -> input (channels, size); the networks themselves are built by ``reference_net``.
 REFERENCE_NETS: dict[str, tuple[int, int]] = {
@@ -37,6 +38,7 @@ REFERENCE_NETS: dict[str, tuple[int, int]] = {
     "fc": (2048, 1),
     "basic-14": (256, 14),
     "inverted-7": (160, 7),
+    "encoder-65": (3, 64),
 }
 
 
@@ -93,6 +95,8 @@ def reference_net(name: str) -> tuple[Any, tuple[Any, ...]]:
             return torch.cat([self.a(x), self.b(x), self.c(x), self.d(x)], 1)
 
     net: nn.Module
+    if name == "encoder-65":
+        return vision_transformer(192, heads=3, depth=2, image=size, patch=8, classes=1000), (torch.randn(1, channels, size, size),)
     if name == "plain-224":
         net = nn.Sequential(conv(3, 32, 3, 2), conv(32, 32), conv(32, 64, 3, 2), conv(64, 64), nn.MaxPool2d(2, 2), conv(64, 128))
     elif name == "inverted-112":
@@ -115,3 +119,28 @@ def reference_net(name: str) -> tuple[Any, tuple[Any, ...]]:
     else:  # fc
         net = nn.Sequential(nn.Flatten(), nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 1000))
     return net.eval(), (torch.randn(1, channels, size, size),)
+
+
+def vision_transformer(dim: int, *, heads: int, depth: int, image: int, patch: int, classes: int) -> Any:
+    """A ViT in eval mode (seeded): ``patch``-pixel patches, a class token, ``depth`` pre-norm blocks (attention, a GELU MLP of 4x ``dim``)."""
+    import torch
+    from torch import nn
+
+    class ViT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = nn.Conv2d(3, dim, patch, patch)
+            self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+            self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
+            block = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+            self.blocks = nn.TransformerEncoder(block, depth, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = self.patch(x).flatten(2).transpose(1, 2)
+            tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1) + self.pos
+            return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+    torch.manual_seed(0)
+    return ViT().eval()

@@ -40,6 +40,7 @@ ONNX_OP_KINDS: Mapping[str, str] = {
     "Flatten": "reshape",
     "Reshape": "reshape",
     "Concat": "cat",
+    "LayerNormalization": "layer_norm",
 }
 
 _DTYPES: Mapping[int, str] = {

@@ -291,7 +291,22 @@ class _Tracer:
             if not isinstance(lhs, torch.Tensor) or lhs.dim() == 0:
                 return 0, {}
             return outs[0].numel * _int(lhs.shape[-1]), {}
+        if kind == "scaled_dot_product_attention":
+            return self._attention_cost(fx)
         return 0, {}
+
+    def _attention_cost(self, fx: torch.fx.Node) -> tuple[int, dict[str, Any]]:
+        """softmax(q kᵀ) v: q is (..., L, E), k (..., S, E), v (..., S, Ev): L·S·E MACs for the scores and L·S·Ev for the sum."""
+        bound = _bind(fx)
+        q, k, v = (_val(bound.get(n)) for n in ("query", "key", "value"))
+        if not all(isinstance(t, torch.Tensor) and t.dim() >= 2 for t in (q, k, v)):
+            return 0, {}
+        batch = math.prod(_int(d) for d in q.shape[:-2])
+        length, embed, source, value_embed = _int(q.shape[-2]), _int(q.shape[-1]), _int(k.shape[-2]), _int(v.shape[-1])
+        heads = _int(q.shape[-3]) if q.dim() >= 3 else 1
+        attrs = {"heads": heads, "query_len": length, "key_len": source, "head_dim": embed,
+                 "causal": bool(bound.get("is_causal", False)), "masked": bound.get("attn_mask") is not None}
+        return batch * length * source * (embed + value_embed), attrs
 
     def _conv_cost(self, fx: torch.fx.Node, kind: str, outs: tuple[TensorInfo, ...]) -> tuple[int, dict[str, Any]]:
         bound = _bind(fx)

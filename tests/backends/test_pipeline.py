@@ -202,6 +202,43 @@ def test_nhwc_and_nchw_agree_on_the_tiny_cnn(tiny_model, tiny_program, tmp_path)
     assert float(np.abs(outs["NHWC"] - _eager(model, x)).max()) <= 1e-4
 
 
+def test_a_vision_transformer_compiles_in_nhwc_and_matches_pytorch(tmp_path):
+    # nn.MultiheadAttention imports with squeeze(axis=-2), on which ConvertLayout failed (std::bad_alloc)
+    from tvm import relax
+
+    from cogent_compiler.frontend import from_module
+    from tiny_models import tiny_vit
+
+    model, x = tiny_vit(), torch.randn(1, 3, 32, 32)
+    program = from_module(model, (x,), name="vit").program
+    mod, _ = _imported(program)
+    assert any(int(a) < 0 for c in _calls(mod["main"]) if c.op.name == "relax.squeeze" for a in c.attrs.axis)
+    fixed = pipeline._squeeze_positive_axes(mod)
+    squeezes = [c for c in _calls(fixed["main"]) if c.op.name == "relax.squeeze"]
+    assert squeezes and all(int(a) >= 0 for c in squeezes for a in c.attrs.axis)
+    with tvm_target_for(LLVM):
+        converted = relax.transform.ConvertLayout(pipeline._CONV2D_LAYOUT["NHWC"])(fixed)
+    (conv,) = [c for c in _calls(converted["main"]) if c.op.name == "relax.nn.conv2d"]  # the patch embedding
+    assert conv.attrs.data_layout == "NHWC"
+    compiled = compile_program(program, "torch", LLVM, tmp_path, name="vit")
+    assert float(np.abs(_run(tmp_path, compiled, x) - _eager(model, x)).max()) <= 1e-4
+
+
+def _calls(func):
+    """Every operator call in a Relax function, in order."""
+    import tvm
+    from tvm import relax
+
+    found = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op):
+            found.append(e)
+
+    relax.analysis.post_order_visit(func, visit)
+    return found
+
+
 def test_an_onnx_program_goes_through_the_same_stages(mobile, tmp_path):
     """ONNX import marks the inputs (``num_input``) too, so lifting and the layout change apply."""
     from cogent_compiler.backends.onnxruntime_backend import to_onnx

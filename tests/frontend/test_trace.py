@@ -184,6 +184,22 @@ def test_matmul_linear_and_transposed_conv_macs() -> None:
     assert len(g.outputs) == 2 and [t.name for t in g.inputs] == ["x", "img"]
 
 
+def test_attention_is_one_op_with_its_macs() -> None:
+    from tiny_models import tiny_vit
+
+    g = trace(from_module(tiny_vit(), (torch.randn(1, 3, 32, 32),)))
+    ops = {n.op for n in g.nodes}
+    assert {"layer_norm", "linear", "gelu", "scaled_dot_product_attention"} <= ops
+    attention = [n for n in g.nodes if n.op == "scaled_dot_product_attention"]
+    assert len(attention) == 2  # one per block
+    # 4 heads of 16 features over 17 tokens (16 patches and the class token): q kᵀ and the weighted sum of v
+    assert [n.macs for n in attention] == [4 * 17 * 17 * (16 + 16)] * 2
+    assert attention[0].attrs == {"heads": 4, "query_len": 17, "key_len": 17, "head_dim": 16, "causal": False, "masked": False}
+    # the token-wise linear layers count every token
+    qkv = max((n for n in g.nodes if n.op == "linear"), key=lambda n: n.attrs["out_features"])
+    assert qkv.macs == 17 * 64 * qkv.attrs["out_features"]
+
+
 # ---------------------------------------------------------------------------
 # ONNX
 # ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NOT_CALLABLE", "SkipUNet", "TinyCNN", "broken_factory", "not_a_module", "skip_unet", "tiny_cnn"]
+__all__ = ["NOT_CALLABLE", "SkipUNet", "TinyCNN", "broken_factory", "not_a_module", "skip_unet", "tiny_cnn", "tiny_vit"]
 
 #: A module attribute that is not callable, for the bad-factory tests.
 NOT_CALLABLE = 42
@@ -64,6 +64,13 @@ class SkipUNet(nn.Module):
         d2 = torch.relu(self.dec2(torch.cat([F.interpolate(b, scale_factor=2.0), e2], 1)))
         d1 = torch.relu(self.dec1(torch.cat([F.interpolate(d2, scale_factor=2.0), e1], 1)))
         return self.head(d1) + x, logits
+
+
+def tiny_vit() -> nn.Module:
+    """A two-block vision transformer (8x8 patches of a 1x3x32x32 input, a class token, 64 features, 4 heads), seeded, in eval mode."""
+    from cogent_compiler.cost.reference_nets import vision_transformer
+
+    return vision_transformer(64, heads=4, depth=2, image=32, patch=8, classes=10)
 
 
 def skip_unet() -> nn.Module:
