@@ -100,8 +100,12 @@ LAYOUT_SENSITIVE = frozenset({"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
 LAYOUT_IN, LAYOUT_OUT = "layout_transform:in", "layout_transform:out"
 #: Ops predicted by another op's fit: TVM lowers a global average pool to the same ``mean`` kernel as
 #: ``x.mean([2, 3])`` (MnasNet's and EfficientNet's pooling); a dtype cast and the other element-wise
-#: arithmetic are one memory-bound pass like ``relu`` and ``add`` (a pixel input's normalisation).
-FIT_ALIASES = {"mean": "adaptive_avg_pool2d", "cast": "relu", "mul": "add", "sub": "add", "div": "add"}
+#: arithmetic are one memory-bound pass like ``relu`` and ``add`` (a pixel input's normalisation); so are the
+#: copies a transformer makes between its kernels (heads moved by ``transpose``/``permute``, the class token
+#: taken by ``select``/``slice``, an ``expand`` or ``clone``) and an activation left unfused.
+FIT_ALIASES = {"mean": "adaptive_avg_pool2d", "cast": "relu", "mul": "add", "sub": "add", "div": "add",
+               **dict.fromkeys(("transpose", "permute", "select", "slice", "expand", "clone", "contiguous",
+                                "gelu", "silu", "sigmoid", "hardswish", "hardsigmoid"), "relu"), "relu6": "hardtanh", "clamp": "hardtanh"}
 #: Ops whose kernel takes element-wise epilogues.
 FUSION_ANCHORS = frozenset({"conv2d", "linear", "matmul"})
 #: Ops that keep their input's layout (ConvertLayout carries NHWC through them).
@@ -372,15 +376,23 @@ def _fit_graph_end_to_end(samples: Sequence[Sample], model: ProfileComputeModel)
     network does not (measured here: the heads of mobilenet_v2 and mnasnet
     ran 10-20 % slower than their kernels predicted one by one).
     Non-negative least squares on the relative error, as the per-op fits.
+    A network with an op the profile has no fit for (a profile cut short
+    by its budget, or measured ``--only`` some ops) is left out; with none
+    left, the fit is ``_fit_graph``'s.
     """
     import numpy as np
     from scipy.optimize import nnls
 
     rows, walls = [], []
     for s in samples:
-        ms, kernels, params, streamed, act = model._parts([Node.from_json(d) for d in s.attrs["nodes"]])
+        try:
+            ms, kernels, params, streamed, act = model._parts([Node.from_json(d) for d in s.attrs["nodes"]])
+        except MissingFitError:
+            continue
         rows.append((ms, float(kernels), float(params - streamed), float(streamed), float(act)))
         walls.append(float(s.wall_ms or 0.0))
+    if not rows:
+        return _fit_graph(samples)
     x, y = np.array(rows), np.array(walls)
     scale = np.where(x.max(axis=0) > 0, x.max(axis=0), 1.0)
     w = 1.0 / y
@@ -388,7 +400,7 @@ def _fit_graph_end_to_end(samples: Sequence[Sample], model: ProfileComputeModel)
     coef = coef / scale
     rel = np.abs(x @ coef - y) / y
     return {"method": "end-to-end", "kernel_scale": float(coef[0]), "per_kernel_ms": float(coef[1]), "per_param_byte_ms": float(coef[2]),
-            "per_streamed_byte_ms": float(coef[3]), "per_act_byte_ms": float(coef[4]), "samples": len(samples), "median_rel_err": round(float(np.median(rel)), 4),
+            "per_streamed_byte_ms": float(coef[3]), "per_act_byte_ms": float(coef[4]), "samples": len(rows), "median_rel_err": round(float(np.median(rel)), 4),
             "max_rel_err": round(float(rel.max()), 4)}
 
 

@@ -64,6 +64,10 @@ GRAPH = "graph"
 #: Kernels a lone layer needs only because it is alone: layout changes of its input and output
 #: (NCHW <-> NHWC around a convolution); inside a model they are not there.
 BOUNDARY_KERNEL = re.compile(r"^(transpose|layout_transform)\d*$")
+#: The IR's op kind of ``torch.nn.functional.scaled_dot_product_attention`` (kept whole by the frontend).
+ATTENTION = "scaled_dot_product_attention"
+#: Reference layers that run on tokens, not images (see ``LayerSpec``).
+TOKEN_OPS = frozenset({ATTENTION, "layer_norm", "softmax", "matmul"})
 #: Period of the quota cgroup (as the testbed's device): short, so throttling comes in small steps.
 QUOTA_PERIOD_US = 10_000
 
@@ -85,6 +89,15 @@ class LayerSpec:
     own kernel is its time.  With ``boundary`` the op reads the layer's input
     itself, in the caller's NCHW layout, as the first op of a half does: its
     sample has ``"boundary": true`` and a fit of its own (``max_pool2d:boundary``).
+
+    Transformer layers run on tokens, ``size`` of them, ``channels`` wide:
+    ``linear`` with ``size`` > 1 maps (1, size, channels) to ``out_channels``
+    features per token; ``layer_norm`` normalises (1, size, channels);
+    ``scaled_dot_product_attention`` attends over ``groups`` heads of
+    ``channels // groups`` features each (one ``torch.nn.functional`` call,
+    which the IR keeps whole); ``softmax`` and ``matmul`` are attention written
+    out by hand: softmax over the last axis of (1, groups, size, size), and a
+    batched (1, groups, size, channels) @ (1, groups, channels, out_channels).
     """
 
     kind: str
@@ -110,7 +123,15 @@ class LayerSpec:
         if self.kind in ("conv2d", RESIDUAL):
             return f"{self.kind} k{self.kernel} s{self.stride} g{self.groups} {self.channels}->{self.out_channels} @{self.size}"
         if self.kind == "linear":
-            return f"linear {self.channels}->{self.out_channels}"
+            return f"linear {self.channels}->{self.out_channels}" + (f" x{self.size}" if self.size > 1 else "")
+        if self.kind == "layer_norm":
+            return f"layer_norm {self.channels} x{self.size}"
+        if self.kind == ATTENTION:
+            return f"attention h{self.groups} {self.channels} x{self.size}"
+        if self.kind == "softmax":
+            return f"softmax h{self.groups} x{self.size}"
+        if self.kind == "matmul":
+            return f"matmul h{self.groups} {self.channels}->{self.out_channels} x{self.size}"
         where = " at input" if self.boundary else ""
         if self.kind in ("max_pool2d", "avg_pool2d"):
             return f"{self.kind} k{self.kernel} s{self.stride} {self.channels} @{self.size}{where}"
@@ -144,7 +165,12 @@ class LayerSpec:
             side = (self.size + self.stride - 1) // self.stride
             return Residual(conv).eval(), (x, torch.randn(1, self.out_channels, side, side))
         elif self.kind == "linear":
-            m, x = nn.Linear(self.channels, self.out_channels), torch.randn(1, self.channels)
+            tokens = (self.size,) if self.size > 1 else ()
+            m, x = nn.Linear(self.channels, self.out_channels), torch.randn(1, *tokens, self.channels)
+        elif self.kind == "layer_norm":
+            m, x = nn.LayerNorm(self.channels), torch.randn(1, self.size, self.channels)
+        elif self.kind in (ATTENTION, "softmax", "matmul"):
+            return _attention_part(self)
         elif self.kind == "max_pool2d":
             m = nn.MaxPool2d(self.kernel, self.stride, self.kernel // 2 if self.kernel % 2 else 0)
         elif self.kind == "avg_pool2d":
@@ -174,6 +200,32 @@ class LayerSpec:
         return m.eval(), (x,)
 
 
+def _attention_part(spec: LayerSpec) -> tuple[Any, tuple[Any, ...]]:
+    """The attention layers of ``LayerSpec`` (see there): the module and its inputs."""
+    import torch
+    from torch import nn
+
+    heads, n = spec.groups, spec.size
+    if spec.kind == ATTENTION:
+        class Attention(nn.Module):
+            def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                return nn.functional.scaled_dot_product_attention(q, k, v)
+
+        return Attention().eval(), tuple(torch.randn(1, heads, n, spec.channels // heads) for _ in range(3))
+    if spec.kind == "softmax":
+        class Softmax(nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.softmax(x, dim=-1)
+
+        return Softmax().eval(), (torch.randn(1, heads, n, n),)
+
+    class MatMul(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.matmul(a, b)
+
+    return MatMul().eval(), (torch.randn(1, heads, n, spec.channels), torch.randn(1, heads, spec.channels, spec.out_channels))
+
+
 def _between_convs(op: Any, channels: int, *, two_inputs: bool) -> Any:
     """``op(conv1x1(x))``, or for a two-input op (cat) ``conv1x1(op(conv1x1(x), conv1x1'(x)))``: see ``LayerSpec``."""
     import torch
@@ -198,7 +250,8 @@ def _between_convs(op: Any, channels: int, *, two_inputs: bool) -> Any:
 LAYOUT_SENSITIVE = frozenset({"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "cat"})
 
 #: The op kinds the reference layers cover (``conv2d+add``: a residual add fused into a convolution, see ``_sample``).
-REFERENCE_OPS = ("conv2d", "linear", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "relu", "hardtanh", "add", "cat", "conv2d+add", "graph")
+REFERENCE_OPS = ("conv2d", "linear", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "relu", "hardtanh", "add", "cat", "conv2d+add",
+                 "layer_norm", "scaled_dot_product_attention", "softmax", "matmul", "graph")
 
 _CONV_MAX_MACS = 6e8
 
@@ -242,6 +295,13 @@ def _families() -> list[list[LayerSpec]]:
         "hardtanh": [LayerSpec("hardtanh", c, 0, hw) for c in (8, 32, 96, 256) for hw in (7, 14, 28, 56, 112)],
         "add": [LayerSpec("add", c, 0, hw) for c in (8, 32, 64, 128, 256, 512) for hw in (7, 14, 28, 56)],
         "cat": [LayerSpec("cat", c, 0, hw) for c in (16, 64, 256) for hw in (7, 14, 28, 56)],
+        # transformers (ViT-S/B widths; 16-197 tokens: 4x4 to 14x14 patches and a class token)
+        "linear-tokens": [LayerSpec("linear", d, o, n) for d, o in ((64, 64), (192, 576), (384, 384), (384, 1536), (768, 768), (1536, 384))
+                          for n in (16, 65, 197)],
+        "layer_norm": [LayerSpec("layer_norm", d, 0, n) for d in (64, 192, 384, 768) for n in (16, 65, 197)],
+        "attention": [LayerSpec(ATTENTION, d, 0, n, groups=h) for d, h in ((64, 2), (192, 3), (384, 6), (768, 12)) for n in (16, 65, 197)],
+        "softmax": [LayerSpec("softmax", 0, 0, n, groups=h) for h in (2, 6, 12) for n in (16, 65, 197)],
+        "matmul": [LayerSpec("matmul", k, m, n, groups=h) for h, k, m in ((2, 32, 16), (6, 64, 65), (12, 64, 197), (6, 197, 64)) for n in (16, 65, 197)],
         "graphs": [LayerSpec(GRAPH, 0, net=n) for n in REFERENCE_NETS],
         # the same ops as the first op of a half, reading its NCHW input (see LayerSpec.boundary)
         "at-input": [LayerSpec("max_pool2d", c, 0, hw, 3, 2, boundary=True) for c in (16, 64, 128) for hw in (28, 56, 112)]
@@ -253,7 +313,7 @@ def _families() -> list[list[LayerSpec]]:
     }
 
     def size(s: LayerSpec) -> float:
-        return s.channels * max(s.out_channels, 1) * s.size * s.size * s.kernel * s.kernel / s.groups / s.stride**2
+        return max(s.channels, 1) * max(s.out_channels, 1) * s.size * s.size * s.kernel * s.kernel / s.groups / s.stride**2
 
     out = []
     for specs in fam.values():
@@ -448,8 +508,14 @@ def _run_layer(spec: LayerSpec, target: Any, work: Path, worker: _Worker | Remot
 
 
 def _own_ms(spec: LayerSpec, kernels: dict[str, float]) -> float:
-    """The layer's time: its kernels but the boundary layout changes (and, for an op between convolutions, those)."""
-    own = [ms for s, ms in kernels.items() if not BOUNDARY_KERNEL.match(s.split("#")[0]) and not (spec.wrapped and "conv2d" in s)]
+    """The layer's time: its kernels but the boundary layout changes (and, for an op between convolutions, those).
+
+    A transformer layer has no layout change to leave out: its transposes
+    (attention's heads moved next to the batch) are its own work.
+    """
+    tokens = spec.kind in TOKEN_OPS or (spec.kind == "linear" and spec.size > 1)
+    own = [ms for s, ms in kernels.items()
+           if (tokens or not BOUNDARY_KERNEL.match(s.split("#")[0])) and not (spec.wrapped and "conv2d" in s)]
     if not own:
         raise _LayerFailed(f"the compiled layer ran no kernel of its own (kernels: {list(kernels)})")
     return sum(own)

@@ -14,7 +14,7 @@ import pytest
 from cogent_compiler.cli import main
 from cogent_compiler.cost import Profile, ProfileComputeModel, Sample, fit_profile, load_profile, save_profile
 from cogent_compiler.cost.predictor import FIT_METHOD, CPUFacts, _moved, fit_samples, fused_epilogues, lane_use, vector_lanes, weight_passes
-from cogent_compiler.cost.profiler import LayerSpec, measure_profile, reference_layers
+from cogent_compiler.cost.profiler import ATTENTION, GRAPH, LayerSpec, measure_profile, reference_layers
 from cogent_compiler.errors import MissingFitError, ProfileError, ProfileFormatError, ProfileTargetError
 from cogent_compiler.ir import Node, TensorInfo
 
@@ -295,8 +295,11 @@ def test_reference_layers_cover_every_family_early():
     first = layers[:25]
     assert {s.kind for s in first} >= {"conv2d", "linear", "max_pool2d", "adaptive_avg_pool2d", "relu", "hardtanh", "add", "cat"}
     assert {s.groups > 1 for s in first if s.kind == "conv2d"} == {True, False}
-    with pytest.raises(ProfileError, match="softmax"):
-        reference_layers(["softmax"])
+    with pytest.raises(ProfileError, match="lstm"):
+        reference_layers(["lstm"])
+    # transformer layers are there too, on tokens
+    kinds = {s.kind for s in reference_layers(["layer_norm", ATTENTION, "softmax", "matmul", "linear"])}
+    assert kinds == {"layer_norm", ATTENTION, "softmax", "matmul", "linear"}
 
 
 @pytest.fixture(scope="session")
@@ -328,6 +331,43 @@ def test_a_measured_profile_predicts_an_unmeasured_channel_count(measured, tmp_p
     fit = ProfileComputeModel("device", profile).fit_for(truth.op, truth.attrs)
     predicted = fit.predict(truth.macs, truth.bytes_moved)
     assert truth.ms / 3 < predicted < truth.ms * 3, (predicted, truth.ms)
+
+
+TRANSFORMER_LAYERS = [
+    LayerSpec("linear", 64, 64, 17), LayerSpec("linear", 64, 192, 17), LayerSpec("linear", 64, 256, 17), LayerSpec("linear", 256, 64, 17),
+    LayerSpec("linear", 64, 10), LayerSpec("layer_norm", 64, 0, 17), LayerSpec("layer_norm", 192, 0, 65),
+    LayerSpec(ATTENTION, 64, 0, 17, groups=4), LayerSpec(ATTENTION, 192, 0, 65, groups=3), LayerSpec("softmax", 0, 0, 17, groups=4),
+    LayerSpec("matmul", 16, 17, 17, groups=4), LayerSpec("relu", 8, 0, 16), LayerSpec("add", 8, 0, 16), LayerSpec("cat", 16, 0, 14),
+    LayerSpec("conv2d", 3, 16, 32, 3), LayerSpec("conv2d", 16, 16, 14, 3), LayerSpec(GRAPH, 0, net="encoder-65"),
+]
+
+
+@pytest.mark.slow
+def test_a_transformer_is_profiled_and_predicted(tmp_path):
+    import torch
+    from tiny_models import tiny_vit
+
+    from cogent_compiler.frontend import from_module, trace
+
+    profile = measure_profile("llvm", tmp_path / "vit.json", budget_s=300, layers=TRANSFORMER_LAYERS, threads=1)
+    assert len(profile.samples) == len(TRANSFORMER_LAYERS)
+    assert {"linear", "layer_norm", ATTENTION, "softmax", "matmul", GRAPH} <= set(profile.fits)
+    by_key = {s.key: s for s in profile.samples}
+    attention = by_key["attention h4 64 x17"]
+    # TVM writes attention out as batched matmuls and a softmax; every kernel of it is its time, transposes included
+    assert attention.macs == 4 * 17 * 17 * (16 + 16) and attention.attrs["heads"] == 4
+    assert sum("matmul" in k for k in attention.kernels) == 2 and any("softmax" in k for k in attention.kernels)
+    assert attention.ms == pytest.approx(sum(attention.kernels.values()), rel=1e-3)
+    tokens = by_key["linear 64->192 x17"]
+    assert tokens.macs == 17 * 64 * 192 and by_key["linear 64->10"].macs == 640
+    # a model none of whose layers was measured: every node has a fit, and its kernels are predicted near what they took
+    model = ProfileComputeModel("device", profile)
+    vit = trace(from_module(tiny_vit(), (torch.randn(1, 3, 32, 32),)))
+    assert 0 < model.nodes_ms(vit.nodes) < 50
+    encoder = by_key["graph encoder-65"]
+    predicted_kernels = model._parts([Node.from_json(d) for d in encoder.attrs["nodes"]])[0]
+    measured_kernels = sum(encoder.kernels.values())
+    assert measured_kernels / 3 < predicted_kernels < measured_kernels * 3, (predicted_kernels, measured_kernels)
 
 
 @pytest.mark.slow
@@ -372,7 +412,7 @@ def test_cli_profile_on_a_small_budget_resumes(tmp_path, capsys):
 
 def test_cli_profile_refuses_what_it_cannot_measure(capsys, tmp_path):
     for extra, needle in ((["--target", "arm"], "needs --rpc"), (["--target", "cuda"], "needs --rpc"),
-                          (["--rpc", "board:9190"], "HOST:PORT:KEY"), (["--only", "softmax"], "softmax")):
+                          (["--rpc", "board:9190"], "HOST:PORT:KEY"), (["--only", "lstm"], "lstm")):
         assert main(["profile", "-o", str(tmp_path / "x.json"), "-q", *extra]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("cogentc: error:") and needle in err and len(err.splitlines()) == 1
