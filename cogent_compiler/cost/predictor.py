@@ -155,11 +155,15 @@ class Fit:
 
 
 def fit_key(op: str, attrs: Mapping[str, Any]) -> str | None:
-    """The variant fit an op may have beside its kind's (``conv2d:depthwise``), or ``None``."""
+    """The variant fit an op may have beside its kind's (``conv2d:depthwise``, ``linear:tokens``), or ``None``."""
     if attrs.get("epilogue"):
         return f"{op}:epilogue"
     if attrs.get("boundary"):
         return f"{op}:boundary"
+    if op == "linear":
+        # over many rows (a transformer's tokens) it reuses each weight and is compute-bound, not weight-bound as at batch 1
+        rows = math.prod(int(d) for d in (attrs.get("out_shape") or [1])[:-1])
+        return "linear:tokens" if rows > 1 else None
     if op != "conv2d":
         return None
     groups = int(attrs.get("groups", 1) or 1)

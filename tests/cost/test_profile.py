@@ -13,7 +13,7 @@ import pytest
 
 from cogent_compiler.cli import main
 from cogent_compiler.cost import Profile, ProfileComputeModel, Sample, fit_profile, load_profile, save_profile
-from cogent_compiler.cost.predictor import FIT_METHOD, CPUFacts, _moved, fit_samples, fused_epilogues, lane_use, vector_lanes, weight_passes
+from cogent_compiler.cost.predictor import FIT_METHOD, CPUFacts, _moved, fit_key, fit_samples, fused_epilogues, lane_use, vector_lanes, weight_passes
 from cogent_compiler.cost.profiler import ATTENTION, GRAPH, LayerSpec, measure_profile, reference_layers
 from cogent_compiler.errors import MissingFitError, ProfileError, ProfileFormatError, ProfileTargetError
 from cogent_compiler.ir import Node, TensorInfo
@@ -342,6 +342,16 @@ TRANSFORMER_LAYERS = [
 ]
 
 
+def test_fit_variants():
+    assert fit_key("conv2d", {"groups": 32, "in_channels": 32, "kernel": [3, 3]}) == "conv2d:depthwise"
+    assert fit_key("conv2d", {"groups": 1, "kernel": [1, 1]}) == "conv2d:1x1"
+    assert fit_key("conv2d", {"groups": 1, "kernel": [8, 8]}) == "conv2d:k8x8"
+    # a linear layer over a transformer's tokens reuses its weights: a fit of its own; at batch 1 the kind's
+    assert fit_key("linear", {"out_shape": [1, 197, 768]}) == fit_key("linear", {"out_shape": [197, 768]}) == "linear:tokens"
+    assert fit_key("linear", {"out_shape": [1, 1000]}) is None and fit_key("layer_norm", {"out_shape": [1, 197, 768]}) is None
+    assert fit_key("max_pool2d", {"boundary": True}) == "max_pool2d:boundary"
+
+
 @pytest.mark.slow
 def test_a_transformer_is_profiled_and_predicted(tmp_path):
     import torch
@@ -352,6 +362,7 @@ def test_a_transformer_is_profiled_and_predicted(tmp_path):
     profile = measure_profile("llvm", tmp_path / "vit.json", budget_s=300, layers=TRANSFORMER_LAYERS, threads=1)
     assert len(profile.samples) == len(TRANSFORMER_LAYERS)
     assert {"linear", "layer_norm", ATTENTION, "softmax", "matmul", GRAPH} <= set(profile.fits)
+    assert profile.fits["linear:tokens"]["samples"] == 4 and profile.fits["linear"]["samples"] == 5
     by_key = {s.key: s for s in profile.samples}
     attention = by_key["attention h4 64 x17"]
     # TVM writes attention out as batched matmuls and a softmax; every kernel of it is its time, transposes included
