@@ -22,6 +22,9 @@ leave-one-out error on their own samples, and ``machine``.
 
     python benchmarks/latency_model.py                      # 6 models x 3 cuts, full speed and quota 0.1
     python benchmarks/latency_model.py --models resnet18 --quotas none --profile-budget 5m   # quick look
+    python benchmarks/latency_model.py --models vit_b_16 --quotas none --profile-budget 15m \
+        --profile-only conv2d,linear,layer_norm,scaled_dot_product_attention,softmax,matmul,relu,add,cat,graph \
+        --profile-dir /tmp/vit-profiles -o benchmarks/results/latency_model_vit.json   # a transformer
 """
 
 from __future__ import annotations
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-dir", default=str(Path.home() / ".cache/cogent/bench-profiles"),
                     help="where the profiles are measured (and resumed from)")
     ap.add_argument("--profile-budget", default="25m", help="budget of each profile's measuring (default 25m; resumable)")
+    ap.add_argument("--profile-only", help="measure only these op kinds' reference layers (cogentc profile --only); default all")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds over all halves; each half's fastest counts (default 5)")
     ap.add_argument("-o", "--output", default=str(ROOT / "benchmarks/results/latency_model.json"))
     args = ap.parse_args(argv)
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.common import machine
     from benchmarks.models import benchmark_graph
     from cogent_compiler.cost import ProfileComputeModel
-    from cogent_compiler.cost.profiler import _Worker, measure_profile
+    from cogent_compiler.cost.profiler import _Worker, measure_profile, reference_layers
     from cogent_compiler.cost.units import parse_duration
     from cogent_compiler.passes import partition_at
 
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     result: dict[str, Any] = {
         "benchmark": "latency_model", "machine": machine(), "threads": args.threads, "models": models,
-        "cut_fractions": list(CUT_FRACTIONS), "rounds": args.rounds, "profiles": {}, "cases": [],
+        "cut_fractions": list(CUT_FRACTIONS), "rounds": args.rounds, "profile_only": args.profile_only, "profiles": {}, "cases": [],
         "command": "python benchmarks/latency_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     graphs = {m: benchmark_graph(m) for m in models}
@@ -155,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         tag = "full" if quota is None else f"quota{quota:g}"
         path = Path(args.profile_dir) / f"llvm-t{args.threads}-{tag}.json"
         t0 = time.time()
-        measure_profile("llvm", path, budget_s=budget, cpu_quota=quota, threads=args.threads,
+        layers = reference_layers(args.profile_only.split(",")) if args.profile_only else None
+        measure_profile("llvm", path, budget_s=budget, cpu_quota=quota, threads=args.threads, layers=layers,
                         progress=lambda msg: print(f"[profile {tag}] {msg}", file=sys.stderr, flush=True))
         model = ProfileComputeModel.from_file("device", path, expect_target="llvm")
         result["profiles"][tag] = {"path": str(path), "samples": len(model.profile.samples), "measure_s": round(time.time() - t0, 1),
