@@ -100,7 +100,7 @@ aarch64 hardware here); CUDA layouts are unmeasured (no GPU here).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,8 +227,8 @@ def _clip_to_min_max(mod: Any) -> Any:
     would wrap each one in two transposes back to NCHW, which also keeps it out
     of the convolution's fused epilogue; the elementwise binary ops have one.
     """
-    from tvm import IRModule, relax, tirx
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvm import relax, tirx
+    from tvm.relax.dpl import is_op, wildcard
 
     data, lo, hi = wildcard(), wildcard(), wildcard()
     pattern = is_op("relax.clip")(data, lo, hi)
@@ -247,8 +247,7 @@ def _clip_to_min_max(mod: Any) -> Any:
             return expr
         return relax.op.minimum(relax.op.maximum(x, relax.const(low, dtype)), relax.const(high, dtype))
 
-    funcs = {gv: rewrite_call(pattern, rewriter, f) if isinstance(f, relax.Function) else f for gv, f in mod.functions_items()}
-    return IRModule(funcs, attrs=mod.attrs)
+    return _rewrite_calls(mod, pattern, rewriter)
 
 
 def _squeeze_positive_axes(mod: Any) -> Any:
@@ -259,8 +258,8 @@ def _squeeze_positive_axes(mod: Any) -> Any:
     one for every ``nn.MultiheadAttention`` (``squeeze(-2)`` of the packed
     q/k/v projection): without this no transformer compiled in NHWC.
     """
-    from tvm import IRModule, relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvm import relax
+    from tvm.relax.dpl import is_op, wildcard
 
     data = wildcard()
     pattern = is_op("relax.squeeze")(data)
@@ -271,6 +270,14 @@ def _squeeze_positive_axes(mod: Any) -> Any:
         if axes is None or ndim < 0 or all(int(a) >= 0 for a in axes):
             return expr
         return relax.op.squeeze(matches[data], axis=[int(a) % ndim for a in axes])
+
+    return _rewrite_calls(mod, pattern, rewriter)
+
+
+def _rewrite_calls(mod: Any, pattern: Any, rewriter: Callable[[Any, Any], Any]) -> Any:
+    """``mod`` with ``rewriter(call, matches)`` applied to every call matching ``pattern`` in each of its Relax functions."""
+    from tvm import IRModule, relax
+    from tvm.relax.dpl import rewrite_call
 
     funcs = {gv: rewrite_call(pattern, rewriter, f) if isinstance(f, relax.Function) else f for gv, f in mod.functions_items()}
     return IRModule(funcs, attrs=mod.attrs)
