@@ -119,8 +119,8 @@ MIN_VARIANT_SAMPLES = 3
 K_NEIGHBOURS = 4
 NEIGHBOUR_SOFTENING = 0.05
 #: Version of ``fit_profile``: a profile whose fits another version computed is refitted when loaded
-#: (2: MACs counted by lane use, ``lane_use``; 3: weights re-read past the L2, ``weight_passes``).
-FIT_METHOD = 3
+#: (2: MACs counted by lane use, ``lane_use``; 3: weights re-read past the L2, ``weight_passes``; 4: by linear layers too).
+FIT_METHOD = 4
 #: Distance added for a sample of another kernel size or stride.
 SHAPE_MISMATCH = 3.0
 #: kernel predictions kept per compute model (``ProfileComputeModel.kernel_ms``)
@@ -250,7 +250,8 @@ def cpu_facts(profile: Profile) -> CPUFacts:
 
 
 def weight_passes(op: str, attrs: Mapping[str, Any], block: int) -> int:
-    """How often the CPU schedule reads a convolution's weights: once per tile of output columns in each output row.
+    """How often the CPU schedule reads a convolution's weights: once per tile of output columns in each output row
+    (a linear layer's: once per tile of rows).
 
     ``pipeline._schedule_cpu`` keeps a tile of output columns (the largest
     divisor of the width up to ``block``) by a vector of output channels in
@@ -258,6 +259,11 @@ def weight_passes(op: str, attrs: Mapping[str, Any], block: int) -> int:
     output row reads all the weights once per column tile.
     """
     shape = attrs.get("out_shape") or ()
+    if op == "linear" and len(shape) >= 2 and block > 1:
+        # the rows (a transformer's tokens) are the register-blocked axis: all the weights once per tile of rows;
+        # 197 tokens (ViT-B/16) are prime, a tile of one row, and ran at a tenth of 196's speed
+        rows = math.prod(int(d) for d in shape[:-1])
+        return max(1, rows // _split(rows, block))
     if op != "conv2d" or int(attrs.get("groups", 1) or 1) != 1 or len(shape) != 4 or block <= 1:
         return 1
     oh, ow = int(shape[2]), int(shape[3])
