@@ -162,8 +162,7 @@ def fit_key(op: str, attrs: Mapping[str, Any]) -> str | None:
         return f"{op}:boundary"
     if op == "linear":
         # over many rows (a transformer's tokens) it reuses each weight and is compute-bound, not weight-bound as at batch 1
-        rows = math.prod(int(d) for d in (attrs.get("out_shape") or [1])[:-1])
-        return "linear:tokens" if rows > 1 else None
+        return "linear:tokens" if _rows(attrs) > 1 else None
     if op != "conv2d":
         return None
     groups = int(attrs.get("groups", 1) or 1)
@@ -173,6 +172,11 @@ def fit_key(op: str, attrs: Mapping[str, Any]) -> str | None:
     if kernel == [1, 1]:
         return "conv2d:1x1"
     return f"conv2d:k{'x'.join(str(k) for k in kernel)}" if kernel else None
+
+
+def _rows(attrs: Mapping[str, Any]) -> int:
+    """Rows of an op's output: every dimension but the last (a linear layer's tokens times batch; 1 at batch 1)."""
+    return math.prod(int(d) for d in (attrs.get("out_shape") or [1])[:-1])
 
 
 def vector_lanes(profile: Profile) -> int:
@@ -262,7 +266,7 @@ def weight_passes(op: str, attrs: Mapping[str, Any], block: int) -> int:
     if op == "linear" and len(shape) >= 2 and block > 1:
         # the rows (a transformer's tokens) are the register-blocked axis: all the weights once per tile of rows;
         # 197 tokens (ViT-B/16) are prime, a tile of one row, and ran at a tenth of 196's speed
-        rows = math.prod(int(d) for d in shape[:-1])
+        rows = _rows(attrs)
         return max(1, rows // _split(rows, block))
     if op != "conv2d" or int(attrs.get("groups", 1) or 1) != 1 or len(shape) != 4 or block <= 1:
         return 1
