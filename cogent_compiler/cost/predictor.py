@@ -79,6 +79,7 @@ from typing import Any
 
 import numpy as np
 
+from cogent_compiler.backends.pipeline import block_tile, largest_divisor
 from cogent_compiler.cost.profile import Profile, Sample, load_profile, target_kind
 from cogent_compiler.errors import MissingFitError, ProfileError
 from cogent_compiler.ir import Node
@@ -119,8 +120,9 @@ MIN_VARIANT_SAMPLES = 3
 K_NEIGHBOURS = 4
 NEIGHBOUR_SOFTENING = 0.05
 #: Version of ``fit_profile``: a profile whose fits another version computed is refitted when loaded
-#: (2: MACs counted by lane use, ``lane_use``; 3: weights re-read past the L2, ``weight_passes``; 4: by linear layers too).
-FIT_METHOD = 4
+#: (2: MACs counted by lane use, ``lane_use``; 3: weights re-read past the L2, ``weight_passes``; 4: by linear layers too;
+#: 5: tiles with a tail where the row count has no divisor near the block, ``pipeline.block_tile``).
+FIT_METHOD = 5
 #: Distance added for a sample of another kernel size or stride.
 SHAPE_MISMATCH = 3.0
 #: kernel predictions kept per compute model (``ProfileComputeModel.kernel_ms``)
@@ -204,11 +206,6 @@ def _vector_axis(op: str, attrs: Mapping[str, Any]) -> int:
     return 0
 
 
-def _split(n: int, at_most: int) -> int:
-    """The factor the CPU schedule splits an axis of extent ``n`` by: its largest divisor up to ``at_most`` (``pipeline._schedule_cpu``)."""
-    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
-
-
 def lane_use(op: str, attrs: Mapping[str, Any], lanes: int) -> float:
     """The share of vector lanes the CPU schedule fills for this op (``pipeline._schedule_cpu``).
 
@@ -221,7 +218,7 @@ def lane_use(op: str, attrs: Mapping[str, Any], lanes: int) -> float:
     n = _vector_axis(op, attrs)
     if lanes <= 1 or n <= 0:
         return 1.0
-    return _split(n, lanes) / lanes
+    return largest_divisor(n, lanes) / lanes
 
 
 def _aliasing(op: str, attrs: Mapping[str, Any]) -> bool:
@@ -257,22 +254,19 @@ def weight_passes(op: str, attrs: Mapping[str, Any], block: int) -> int:
     """How often the CPU schedule reads a convolution's weights: once per tile of output columns in each output row
     (a linear layer's: once per tile of rows).
 
-    ``pipeline._schedule_cpu`` keeps a tile of output columns (the largest
-    divisor of the width up to ``block``) by a vector of output channels in
+    ``pipeline._schedule_cpu`` keeps a tile of output columns (``pipeline.block_tile``
+    of the width: a divisor up to ``block``, or ``block`` with a tail) by a vector of output channels in
     registers and runs every input channel and kernel tap into it, so each
     output row reads all the weights once per column tile.
     """
     shape = attrs.get("out_shape") or ()
     if op == "linear" and len(shape) >= 2 and block > 1:
-        # the rows (a transformer's tokens) are the register-blocked axis: all the weights once per tile of rows;
-        # 197 tokens (ViT-B/16) are prime, a tile of one row, and ran at a tenth of 196's speed
-        rows = _rows(attrs)
-        return max(1, rows // _split(rows, block))
+        # the rows (a transformer's tokens) are the register-blocked axis: all the weights once per tile of rows
+        return -(-_rows(attrs) // block_tile(_rows(attrs), block))
     if op != "conv2d" or int(attrs.get("groups", 1) or 1) != 1 or len(shape) != 4 or block <= 1:
         return 1
     oh, ow = int(shape[2]), int(shape[3])
-    tile = _split(ow, block)
-    return max(1, oh * (ow // tile))
+    return oh * -(-ow // block_tile(ow, block))
 
 
 def _moved(op: str, attrs: Mapping[str, Any], in_bytes: float, out_bytes: float, param_bytes: float, cpu: CPUFacts) -> float:

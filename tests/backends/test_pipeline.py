@@ -267,6 +267,34 @@ def test_cpu_rule_schedules_every_kernel_in_both_layouts(mobile):
         assert convs and all("T.parallel" in s and "T.vectorized" in s for s in convs)
 
 
+def test_block_tile_takes_a_divisor_or_even_tiles_with_a_tail():
+    assert [pipeline.block_tile(n, 16) for n in (7, 16, 56, 112, 224)] == [7, 16, 14, 16, 16]  # divisors: no tail
+    # prime or badly divisible counts: as few tiles as 16 allows, of even size (not one-row tiles)
+    assert [pipeline.block_tile(n, 16) for n in (17, 35, 197)] == [9, 12, 16]
+    assert pipeline.largest_divisor(1000, 16) == 10
+
+
+@pytest.mark.parametrize("rows", [37, 197])
+def test_a_linear_layer_over_a_prime_number_of_tokens_is_tiled_with_a_guarded_tail(rows, tmp_path):
+    from cogent_compiler.frontend import from_module
+
+    torch.manual_seed(0)
+    model, x = torch.nn.Linear(24, 10).eval(), torch.randn(1, rows, 24)
+    program = from_module(model, (x,), name="fc").program
+    target = tvm_target_for(LLVM)
+    mod, weights = _imported(program)
+    mod, _ = pipeline.transform_params(pipeline.prepare(mod, target), weights)
+    (matmul,) = [f.script() for n, f in _prim_funcs(pipeline.schedule(mod, target)).items() if "matmul" in n]
+    tile = pipeline.block_tile(rows, pipeline.CPU_SCHEDULE[512].block)
+    assert tile > 1 and f"T.unroll(T.int64({tile}))" in matmul and "T.where" in matmul  # a register tile, its last one guarded
+    compiled = compile_program(program, "torch", LLVM, tmp_path, name="fc")
+    out = [TensorInfo("y", (1, rows, 10), "float32")]
+    write_half(tmp_path, role="device", model="m", target=LLVM, library=compiled.library, params=compiled.params,
+               kernels=compiled.kernels, inputs=[TensorInfo("x", tuple(x.shape), "float32")], outputs=out, model_outputs=out, plan={})
+    (got,) = Half.load(tmp_path).run([x.numpy()])
+    assert float(np.abs(got - _eager(model, x)).max()) <= 1e-5
+
+
 def test_schedule_with_an_empty_database_equals_schedule_without_one(tiny_program):
     import tvm
     from tvm.s_tir import meta_schedule as ms
