@@ -71,3 +71,32 @@ def test_pruned_model_splits_lowers_and_runs_like_any_other(name, tmp_path):
     got = next(iter(outputs.values()))
     scale = max(1.0, float(np.abs(expected).max()))
     assert float(np.abs(got - expected).max()) <= 1e-4 * scale
+
+
+def test_a_vision_transformer_loses_mlp_and_embedding_channels_and_runs_as_two_halves(tmp_path):
+    from tiny_models import tiny_vit
+
+    model, x = tiny_vit(), torch.randn(1, 3, 32, 32)
+    graph = trace(from_module(model, (x,), name="vit"))
+    analysis = prune_groups_of(graph)
+    assert analysis.output_layer == "head" and not analysis.left_out
+    groups = {g.name: g for g in analysis.groups}
+    # each block's MLP hidden features; the residual stream couples the patch embedding, attention, norms and head
+    assert groups["blocks.layers.0.linear1"].channels == 256 and set(groups["blocks.layers.0.linear1"].members) == {
+        "blocks.layers.0.linear1", "blocks.layers.0.linear2"}
+    (stream,) = [g for g in analysis.groups if "patch" in g.members]
+    assert stream.channels == 64 and {"blocks.layers.0.self_attn", "blocks.layers.1.norm2", "norm", "head"} <= set(stream.members)
+    pruned = PruneChannels({g: 0.5 for g in groups})(graph)
+    assert pruned.total_macs < 0.3 * graph.total_macs
+    attn = pruned.module.blocks.layers[0].self_attn
+    assert pruned.module.patch.out_channels == attn.embed_dim == 32 and attn.in_proj_weight.shape == (96, 32)
+    with torch.no_grad():
+        expected = pruned.module(x).numpy()
+    assert expected.shape == (1, 10)
+
+    cuts = single_tensor_cuts(FoldBatchNorm()(pruned))
+    options = CompileOptions(cut=(cuts[len(cuts) // 2],), backend="tvm", use_tunedb=False, transfer_dtype="float32")
+    result = compile(pruned, tmp_path / "out", options, progress=lambda *_: None)
+    assert result.device.module is not None and result.edge.module is not None
+    (outputs,) = infer_bundle(result.out_dir, [[x.numpy()]])
+    assert float(np.abs(next(iter(outputs.values())) - expected).max()) <= 1e-4
