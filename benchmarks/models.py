@@ -18,7 +18,10 @@
 (``benchmarks/backends.py`` measures resnet50 too); ``inception_v3`` is built
 without its auxiliary head and with PyTorch's default initialisation (its own
 makes the logits explode), and needs inputs of at least 75x75 (299x299 as
-trained).  ``benchmark_graph`` gives
+trained).  A layer torchvision initialises to zero (the ViTs' classifier)
+gets seeded small weights (normal, std 0.02): a zero classifier makes every
+output 0 and every output comparison pass whatever the backend computed.
+``benchmark_graph`` gives
 the model the way the benchmarks compile it: exported, traced to Cogent's IR
 and batch norm folded; ``graph.source`` is the ``ExportedProgram`` that
 ``compile_program(graph.source, "torch", ...)`` takes.
@@ -95,6 +98,8 @@ def torch_model(name: str) -> torch.nn.Module:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            elif isinstance(m, torch.nn.Linear) and not m.weight.any():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.02)
     return model
 
 

@@ -4,7 +4,7 @@ What is tuned: the fused kernels (PrimFuncs) of a prepared Relax module
 (``pipeline.prepare``: the exact functions that are later scheduled and built),
 one MetaSchedule task per distinct kernel, weighted by how often it is called.
 
-How: first every kernel's rule-based schedule (``schedule_cpu_primfunc``) is
+How: first every kernel's rule-based schedule (``pipeline.rule_schedule``) is
 measured with the same builder and runner and stored as a tuning record, so
 the database never holds a worse schedule than the one a plain compile would
 use, and MetaSchedule's evolutionary search starts from it.  Then
@@ -300,25 +300,24 @@ def _seed_rule_schedules(tasks: Sequence[Any], tvm_target: Any, builder: Any, ru
     """
     from tvm.s_tir import meta_schedule as ms
 
-    from cogent_compiler.backends.pipeline import _cpu_schedule_for, schedule_cpu_primfunc
+    from cogent_compiler.backends.pipeline import rule_schedule
 
-    params = _cpu_schedule_for(tvm_target)
     todo = []
     for t in tasks:
         task_mod = t.dispatched[0]
         if db.has_workload(task_mod) and db.get_top_k(db.commit_workload(task_mod), 1):
             continue
         with tvm_target:
-            sch = schedule_cpu_primfunc(task_mod["main"], params)
+            sch = rule_schedule(task_mod["main"], tvm_target)
         if sch is None:
             from tvm import s_tir
 
             sch = s_tir.Schedule(task_mod)  # TVM's default lowering, still a baseline worth recording
-        todo.append((task_mod, sch))
+        todo.append((t.task_name, task_mod, sch))
     if not todo:
         return 0, 0
-    args = [ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True) for _, sch in todo]
-    built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target) for _, sch in todo])
+    args = [ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True) for _, _, sch in todo]
+    built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target) for _, _, sch in todo])
     runs: list[Any] = [None] * len(todo)
     inputs = [
         (i, ms.runner.RunnerInput(b.artifact_path, "cpu" if tvm_target.kind.name == "llvm" else tvm_target.kind.name, a))
@@ -328,10 +327,10 @@ def _seed_rule_schedules(tasks: Sequence[Any], tvm_target: Any, builder: Any, ru
     for (i, _), future in zip(inputs, runner.run([r for _, r in inputs])):
         runs[i] = future.result()
     committed = failed = 0
-    for (task_mod, sch), b, r, a in zip(todo, built, runs, args):
+    for (name, task_mod, sch), b, r, a in zip(todo, built, runs, args):
         if b.error_msg is not None or r is None or r.error_msg is not None or not r.run_secs:
             failed += 1
-            log.warning("rule schedule not measured: %s", (b.error_msg or (r and r.error_msg) or "no result"))
+            log.warning("rule schedule of %s not measured: %s", name, " ".join(str(b.error_msg or (r and r.error_msg) or "no result").split())[:300])
             continue
         db.commit_tuning_record(
             ms.database.TuningRecord(sch.trace, db.commit_workload(task_mod), [float(s) for s in r.run_secs], tvm_target, a)
@@ -371,6 +370,11 @@ def tune_module(
     if rpc is not None:
         _check_tracker(rpc)
     tasks = _distinct_tasks([t for m in ([mod] if not isinstance(mod, (list, tuple)) else mod) for t in extract_tasks(m, tvm_target)])
+    indexed = [t.task_name for t in tasks if _takes_indices(t.dispatched[0]["main"])]
+    if indexed:
+        tasks = [t for t in tasks if t.task_name not in indexed]
+        result.notes.append(f"{len(indexed)} kernels take integer indices ({', '.join(sorted(indexed))}): "
+                            "random inputs would index out of bounds; they keep the rule-based schedule")
     result.tasks = len(tasks)
     if not tasks:
         result.notes.append("no kernels to tune")
@@ -398,6 +402,26 @@ def tune_module(
     result.estimated_ms_after = _estimate_ms(db, tasks)
     result.seconds = time.monotonic() - start
     return result
+
+
+def _takes_indices(func: Any) -> bool:
+    """Whether a kernel indexes a tensor by values it loads (``take``'s indices, a gather's).
+
+    Such kernels cannot be measured as MetaSchedule measures: its runner feeds
+    random inputs, and random indices read out of bounds and crash it.  (An
+    integer mask that is only compared is fine.)
+    """
+    import tvm
+    import tvm_ffi
+
+    found = []
+
+    def visit(load: Any) -> None:
+        for index in load.indices:
+            tvm_ffi.structural_walk(index, (tvm.ir.TensorLoad, found.append), order="post")
+
+    tvm_ffi.structural_walk(func.body, (tvm.ir.TensorLoad, visit), order="post")
+    return bool(found)
 
 
 def _distinct_tasks(tasks: Sequence[Any]) -> list[Any]:

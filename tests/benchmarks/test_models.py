@@ -29,6 +29,15 @@ def test_model_builds_deterministically_and_classifies(name):
     assert all(torch.equal(first[k], second[k]) for k in first), f"{name}: weights differ between two builds"
 
 
+def test_a_classifier_torchvision_initialises_to_zero_gets_seeded_weights():
+    from benchmarks.models import torch_model
+
+    model = torch_model("vit_b_16")  # torchvision zeroes the ViTs' head: every output would be 0
+    with torch.no_grad():
+        y = model(torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)))
+    assert float(y.abs().max()) > 0.01 and torch.equal(model.heads.head.weight, torch_model("vit_b_16").heads.head.weight)
+
+
 def test_pruned_resnet18_has_half_the_channels_in_every_layer_but_the_classifier():
     original, _ = benchmark_model("resnet18")
     pruned, _ = benchmark_model("resnet18_pruned50")
