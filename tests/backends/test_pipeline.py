@@ -295,6 +295,21 @@ def test_a_linear_layer_over_a_prime_number_of_tokens_is_tiled_with_a_guarded_ta
     assert float(np.abs(got - _eager(model, x)).max()) <= 1e-5
 
 
+def test_softmax_and_layer_norm_are_scheduled_by_the_reduction_rule():
+    from cogent_compiler.frontend import from_module
+    from tiny_models import tiny_vit
+
+    program = from_module(tiny_vit(), (torch.randn(1, 3, 32, 32),), name="vit").program
+    target = tvm_target_for(LLVM)
+    mod, weights = _imported(program)
+    mod, _ = pipeline.transform_params(pipeline.prepare(mod, target), weights)
+    funcs = _prim_funcs(mod)
+    norms = {n: f for n, f in funcs.items() if "layer_norm" in n or "softmax" in n}
+    assert norms and all(pipeline.schedule_cpu_primfunc(f, pipeline.CPU_SCHEDULE[512]) is None for f in norms.values())  # not the tiled rule's
+    scheduled = _prim_funcs(pipeline.schedule(mod, target))
+    assert all(_scheduled(scheduled[n]) and "T.parallel" in scheduled[n].script() for n in norms)
+
+
 def test_schedule_with_an_empty_database_equals_schedule_without_one(tiny_program):
     import tvm
     from tvm.s_tir import meta_schedule as ms

@@ -76,6 +76,24 @@ def test_tune_on_a_budget_records_resume_and_compile(small_program, llvm, tmp_pa
     np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_a_transformer_is_tuned_without_failures_and_its_gathers_are_left_to_the_rules(llvm, tmp_path):
+    """Softmax and layer norm are seeded with dlight's reduction rule; ``take`` (the class token, random
+    indices out of bounds in MetaSchedule's runner) is left out with a note instead of failing the estimate."""
+    import torch
+
+    from cogent_compiler.frontend import from_module
+    from tiny_models import tiny_vit
+
+    program = from_module(tiny_vit(), (torch.randn(1, 3, 32, 32),), name="vit").program
+    prepared = tuning.prepared_module(program, "torch", llvm)
+    result = tuning.tune_module(prepared, llvm, budget_s=1, root=tmp_path, threads=1)
+    assert result.failed == 0 and result.seeded == result.tasks > 0 and result.estimated_ms_before is not None
+    (note,) = [n for n in result.notes if "integer indices" in n]
+    assert "take" in note and "softmax" not in note
+    names = json.loads((tuning.database_dir(llvm, tmp_path) / tuning._NAMES).read_text()).values()
+    assert any("layer_norm" in n for n in names) and any("softmax" in n for n in names)
+
+
 def test_tunedb_show_export_merge(small_program, llvm, tmp_path, capsys):
     from cogent_compiler.cli import main
 
