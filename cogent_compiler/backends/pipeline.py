@@ -123,6 +123,7 @@ __all__ = [
     "lower",
     "prepare",
     "schedule",
+    "SCHEDULE_RULES",
     "rule_schedule",
     "schedule_cpu_primfunc",
     "stages_for",
@@ -413,6 +414,11 @@ class CPUSchedule:
 
 
 CPU_SCHEDULE: dict[int, CPUSchedule] = {512: CPUSchedule(16, 16), 256: CPUSchedule(8, 8), 128: CPUSchedule(4, 8)}
+
+#: version of the schedule rules, recorded in every profile (``Profile.schedule_rules``): a profile's kernels
+#: were timed as these rules schedule them, so a change to the rules that changes kernels' speed bumps it
+#: (1: register tiles by divisors only; 2: even tiles with a guarded tail, dlight's cpu.Reduction for norms)
+SCHEDULE_RULES = 2
 
 
 def _cpu_schedule_for(tvm_target: Any) -> CPUSchedule:

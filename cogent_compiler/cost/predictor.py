@@ -69,6 +69,7 @@ equals their kernels came out 40-56 % over.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -79,11 +80,13 @@ from typing import Any
 
 import numpy as np
 
-from cogent_compiler.backends.pipeline import block_tile, largest_divisor
+from cogent_compiler.backends.pipeline import SCHEDULE_RULES, block_tile, largest_divisor
 from cogent_compiler.cost.profile import Profile, Sample, load_profile, target_kind
 from cogent_compiler.errors import MissingFitError, ProfileError
 from cogent_compiler.ir import Node
 from cogent_compiler.ir.graph import DTYPE_BYTES, TensorInfo
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Fit", "ProfileComputeModel", "ZERO_COST_OPS", "EPILOGUE_OPS", "FUSION_ANCHORS",
@@ -565,6 +568,10 @@ class ProfileComputeModel:
         profile = load_profile(path, expect_target)
         if not profile.samples:
             raise ProfileError(f"{path}: the profile holds no samples; measure some with `cogentc profile --target {profile.target} -o {path}`")
+        if profile.schedule_rules != SCHEDULE_RULES:
+            log.warning("%s was measured with schedule rules v%d, this compiler's are v%d: kernels they schedule differently "
+                        "may run at another speed than predicted; re-profile with `cogentc profile --target %s -o %s`",
+                        path, profile.schedule_rules, SCHEDULE_RULES, profile.target, path)
         if not profile.fits or profile.fit_method != FIT_METHOD:
             profile = fit_profile(profile)
         return cls(name, profile, str(path))

@@ -101,6 +101,8 @@ class Profile:
     schema: str = SCHEMA
     #: which version of ``predictor.fit_profile`` computed ``fits`` (0: none recorded); the predictor refits other versions
     fit_method: int = 0
+    #: ``pipeline.SCHEDULE_RULES`` of the compiler that measured it (0: not recorded, before version 2)
+    schedule_rules: int = 0
 
     @property
     def cpu_quota(self) -> float | None:
@@ -124,7 +126,7 @@ class Profile:
             "schema": self.schema, "target": self.target, "tvm_target": self.tvm_target, "machine": dict(self.machine),
             "tvm": self.tvm, "date": self.date, "samples": [s.to_json() for s in self.samples],
             "fits": {k: dict(v) for k, v in self.fits.items()}, "kernel_overhead_ms": self.kernel_overhead_ms,
-            "fit_method": self.fit_method,
+            "fit_method": self.fit_method, "schedule_rules": self.schedule_rules,
         }
 
     @classmethod
@@ -142,6 +144,7 @@ class Profile:
                 date=str(d["date"]), samples=tuple(Sample.from_json(s) for s in d["samples"]),
                 fits={str(k): dict(v) for k, v in (d.get("fits") or {}).items()},
                 kernel_overhead_ms=float(d.get("kernel_overhead_ms", 0.0)), fit_method=int(d.get("fit_method", 0)),
+                schedule_rules=int(d.get("schedule_rules", 0)),
             )
         except (KeyError, TypeError, ValueError) as e:
             what = f"field {e.args[0]!r} is missing" if isinstance(e, KeyError) else f"a field is malformed ({e})"

@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from cogent_compiler.backends.pipeline import SCHEDULE_RULES
 from cogent_compiler.cost.profile import Profile, Sample, load_profile, save_profile, target_kind
 from cogent_compiler.cost.reference_nets import REFERENCE_NETS
 from cogent_compiler.cost.predictor import ZERO_COST_OPS
@@ -481,7 +482,7 @@ def _new_profile(target_label: str, tvm_target: Any, threads: int, cpu_quota: fl
         machine.update(_cpu_facts(tvm_target))
     return Profile(
         target=target_label, tvm_target=str(tvm_target), machine=machine, tvm=metadata.version("apache-tvm"),
-        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), schedule_rules=SCHEDULE_RULES,
     )
 
 
@@ -616,8 +617,12 @@ def measure_profile(
         if not same:
             raise ProfileError(f"{out}: holds a profile of target {old.target} (quota {old.cpu_quota}, threads {old.threads}), "
                                f"not {spec.label} (quota {cpu_quota}, threads {threads}); give another -o or delete it")
-        profile = replace(old, machine={**_cpu_facts(tvm_target_for(spec)), **old.machine}) if _same_cpu(old.machine, remote_info) else old
-        say(f"resuming {out}: {len(old.samples)} samples kept")
+        if old.schedule_rules != SCHEDULE_RULES:
+            # its kernels were timed as other rules scheduled them: nothing in it is what a compile now runs
+            say(f"{out} was measured with schedule rules v{old.schedule_rules}, this compiler's are v{SCHEDULE_RULES}: measuring it again")
+        else:
+            profile = replace(old, machine={**_cpu_facts(tvm_target_for(spec)), **old.machine}) if _same_cpu(old.machine, remote_info) else old
+            say(f"resuming {out}: {len(old.samples)} samples kept")
     tvm_target = tvm_target_for(spec)
     if profile is None:
         profile = _new_profile(spec.label, tvm_target, threads, cpu_quota, remote_info)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cogent_compiler.backends.pipeline import SCHEDULE_RULES
 from cogent_compiler.cli import main
 from cogent_compiler.cost import Profile, ProfileComputeModel, Sample, fit_profile, load_profile, save_profile
 from cogent_compiler.cost.predictor import FIT_METHOD, CPUFacts, _moved, fit_key, fit_samples, fused_epilogues, lane_use, vector_lanes, weight_passes
@@ -271,11 +273,19 @@ def test_linear_weights_are_streamed_only_when_a_half_outgrows_the_cache():
     assert ProfileComputeModel("device", base).streamed_param_bytes(nodes, params) == 0  # cache size not recorded
 
 
-def test_a_profile_fitted_by_another_version_is_refitted_when_loaded(tmp_path, tiny_graph):
-    stale = replace(_synthetic(), fits={"conv2d": {"ms_per_mac": 1.0, "ms_per_byte": 0.0, "ms_fixed": 0.0, "samples": 4}}, fit_method=0)
+def test_a_profile_fitted_by_another_version_is_refitted_when_loaded(tmp_path, tiny_graph, caplog):
+    stale = replace(_synthetic(), fits={"conv2d": {"ms_per_mac": 1.0, "ms_per_byte": 0.0, "ms_fixed": 0.0, "samples": 4}}, fit_method=0,
+                    schedule_rules=SCHEDULE_RULES)
     save_profile(stale, tmp_path / "old.json")
-    model = ProfileComputeModel.from_file("device", tmp_path / "old.json")
+    with caplog.at_level(logging.WARNING, logger="cogent_compiler.cost.predictor"):
+        model = ProfileComputeModel.from_file("device", tmp_path / "old.json")
     assert model.profile.fit_method == FIT_METHOD and model.profile.fits == _synthetic().fits
+    assert not caplog.records
+    # measured with other schedule rules: refitted too, but its kernel times may not be today's: a warning says so
+    save_profile(replace(stale, schedule_rules=1), tmp_path / "older.json")
+    with caplog.at_level(logging.WARNING, logger="cogent_compiler.cost.predictor"):
+        ProfileComputeModel.from_file("device", tmp_path / "older.json")
+    assert any("schedule rules v1" in r.getMessage() and "re-profile" in r.getMessage() for r in caplog.records)
     for n in tiny_graph.nodes:
         assert Node.from_json(json.loads(json.dumps(n.to_json()))) == n
 
@@ -422,6 +432,14 @@ def test_cli_profile_on_a_small_budget_resumes(tmp_path, capsys):
     # another thread count is another profile: refused, the file kept
     assert main([*argv, "--threads", "2", "--budget", "5s"]) == 1
     assert "threads 1" in capsys.readouterr().err and len(load_profile(out).samples) == second["samples"]
+    # samples timed as other schedule rules scheduled the kernels are not resumed: measured again
+    assert load_profile(out).schedule_rules == SCHEDULE_RULES
+    old = load_profile(out)
+    save_profile(replace(old, schedule_rules=1, samples=tuple(replace(x, ms=1e6) for x in old.samples)), out)
+    assert main([*argv[:-1], "--threads", "1", "--budget", "5s"]) == 0
+    assert f"schedule rules v1, this compiler's are v{SCHEDULE_RULES}: measuring it again" in capsys.readouterr().err
+    again = load_profile(out)
+    assert again.schedule_rules == SCHEDULE_RULES and again.samples and all(x.ms < 1e6 for x in again.samples)
 
 
 def test_cli_profile_refuses_what_it_cannot_measure(capsys, tmp_path):
