@@ -265,7 +265,8 @@ def weight_passes(op: str, attrs: Mapping[str, Any], block: int) -> int:
     shape = attrs.get("out_shape") or ()
     if op == "linear" and len(shape) >= 2 and block > 1:
         # the rows (a transformer's tokens) are the register-blocked axis: all the weights once per tile of rows
-        return -(-_rows(attrs) // block_tile(_rows(attrs), block))
+        rows = _rows(attrs)
+        return -(-rows // block_tile(rows, block))
     if op != "conv2d" or int(attrs.get("groups", 1) or 1) != 1 or len(shape) != 4 or block <= 1:
         return 1
     oh, ow = int(shape[2]), int(shape[3])
