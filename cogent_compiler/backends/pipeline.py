@@ -619,6 +619,7 @@ def block_tile(n: int, block: int) -> int:
         return best
     return -(-n // -(-n // block))
 
+
 def _sblock_realize(sch: Any, block: Any) -> Any:
     import tvm_ffi
 
@@ -671,4 +672,3 @@ def _first_line(e: BaseException) -> str:
         if line.strip() and not line.startswith("Traceback"):
             return line.strip()[:300]
     return type(e).__name__
-

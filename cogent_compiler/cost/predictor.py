@@ -258,7 +258,7 @@ def weight_passes(op: str, attrs: Mapping[str, Any], block: int) -> int:
     (a linear layer's: once per tile of rows).
 
     ``pipeline._schedule_cpu`` keeps a tile of output columns (``pipeline.block_tile``
-    of the width: a divisor up to ``block``, or ``block`` with a tail) by a vector of output channels in
+    of the width: a divisor up to ``block``, else even tiles with a tail) by a vector of output channels in
     registers and runs every input channel and kernel tap into it, so each
     output row reads all the weights once per column tile.
     """

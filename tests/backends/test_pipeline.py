@@ -70,6 +70,13 @@ def _imported(program):
     return mod, [p.numpy() for p in params["main"]]
 
 
+def _prepared(program, layout=None, target=None):
+    """The imported program through ``prepare`` and ``transform_params`` (for this CPU by default): the module ``schedule`` takes."""
+    target = target or tvm_target_for(LLVM)
+    mod, weights = _imported(program)
+    return pipeline.transform_params(pipeline.prepare(mod, target, layout=layout), weights)[0]
+
+
 def _prim_funcs(mod):
     import tvm
 
@@ -85,9 +92,9 @@ def _main_param_shapes(mod):
     return [tuple(int(d) for d in p.ty.shape) for p in main.params[int(main.attrs["num_input"]):]]
 
 
-def _run(folder, compiled, x):
+def _run(folder, compiled, x, out_shape=(1, 10)):
     """Run ``compiled`` through the bundle runtime (``Half``), as a deployed half runs it."""
-    out = [TensorInfo("y", (1, 10), "float32")]
+    out = [TensorInfo("y", tuple(out_shape), "float32")]
     write_half(
         folder, role="device", model="m", target=LLVM, library=compiled.library, params=compiled.params,
         kernels=compiled.kernels, inputs=[TensorInfo("x", tuple(x.shape), "float32")], outputs=out,
@@ -259,9 +266,7 @@ def test_cpu_rule_schedules_every_kernel_in_both_layouts(mobile):
     _, _, program = mobile
     target = tvm_target_for(LLVM)
     for layout in pipeline.LAYOUTS:
-        mod, weights = _imported(program)
-        mod, _ = pipeline.transform_params(pipeline.prepare(mod, target, layout=layout), weights)
-        scheduled = _prim_funcs(pipeline.schedule(mod, target))
+        scheduled = _prim_funcs(pipeline.schedule(_prepared(program, layout), target))
         assert all(_scheduled(f) for f in scheduled.values()), [n for n, f in scheduled.items() if not _scheduled(f)]
         convs = [f.script() for n, f in scheduled.items() if "conv2d" in n]
         assert convs and all("T.parallel" in s and "T.vectorized" in s for s in convs)
@@ -281,32 +286,23 @@ def test_a_linear_layer_over_a_prime_number_of_tokens_is_tiled_with_a_guarded_ta
     torch.manual_seed(0)
     model, x = torch.nn.Linear(24, 10).eval(), torch.randn(1, rows, 24)
     program = from_module(model, (x,), name="fc").program
-    target = tvm_target_for(LLVM)
-    mod, weights = _imported(program)
-    mod, _ = pipeline.transform_params(pipeline.prepare(mod, target), weights)
-    (matmul,) = [f.script() for n, f in _prim_funcs(pipeline.schedule(mod, target)).items() if "matmul" in n]
+    scheduled = pipeline.schedule(_prepared(program), tvm_target_for(LLVM))
+    (matmul,) = [f.script() for n, f in _prim_funcs(scheduled).items() if "matmul" in n]
     tile = pipeline.block_tile(rows, pipeline.CPU_SCHEDULE[512].block)
     assert tile > 1 and f"T.unroll(T.int64({tile}))" in matmul and "T.where" in matmul  # a register tile, its last one guarded
     compiled = compile_program(program, "torch", LLVM, tmp_path, name="fc")
-    out = [TensorInfo("y", (1, rows, 10), "float32")]
-    write_half(tmp_path, role="device", model="m", target=LLVM, library=compiled.library, params=compiled.params,
-               kernels=compiled.kernels, inputs=[TensorInfo("x", tuple(x.shape), "float32")], outputs=out, model_outputs=out, plan={})
-    (got,) = Half.load(tmp_path).run([x.numpy()])
-    assert float(np.abs(got - _eager(model, x)).max()) <= 1e-5
+    assert float(np.abs(_run(tmp_path, compiled, x, (1, rows, 10)) - _eager(model, x)).max()) <= 1e-5
 
 
 def test_softmax_and_layer_norm_are_scheduled_by_the_reduction_rule():
     from cogent_compiler.frontend import from_module
     from tiny_models import tiny_vit
 
-    program = from_module(tiny_vit(), (torch.randn(1, 3, 32, 32),), name="vit").program
-    target = tvm_target_for(LLVM)
-    mod, weights = _imported(program)
-    mod, _ = pipeline.transform_params(pipeline.prepare(mod, target), weights)
+    mod = _prepared(from_module(tiny_vit(), (torch.randn(1, 3, 32, 32),), name="vit").program)
     funcs = _prim_funcs(mod)
     norms = {n: f for n, f in funcs.items() if "layer_norm" in n or "softmax" in n}
     assert norms and all(pipeline.schedule_cpu_primfunc(f, pipeline.CPU_SCHEDULE[512]) is None for f in norms.values())  # not the tiled rule's
-    scheduled = _prim_funcs(pipeline.schedule(mod, target))
+    scheduled = _prim_funcs(pipeline.schedule(mod, tvm_target_for(LLVM)))
     assert all(_scheduled(scheduled[n]) and "T.parallel" in scheduled[n].script() for n in norms)
 
 
@@ -315,8 +311,7 @@ def test_schedule_with_an_empty_database_equals_schedule_without_one(tiny_progra
     from tvm.s_tir import meta_schedule as ms
 
     target = tvm_target_for(LLVM)
-    mod, weights = _imported(tiny_program)
-    mod, _ = pipeline.transform_params(pipeline.prepare(mod, target), weights)
+    mod = _prepared(tiny_program)
     tvm.ir.assert_structural_equal(pipeline.schedule(mod, target, database=ms.database.MemoryDatabase()), pipeline.schedule(mod, target))
 
 
@@ -344,8 +339,7 @@ def test_database_records_win_and_the_rules_do_the_rest(tiny_model, tiny_program
     from tvm.s_tir import meta_schedule as ms
 
     target = tvm_target_for(LLVM)
-    mod, weights = _imported(tiny_program)
-    mod, _ = pipeline.transform_params(pipeline.prepare(mod, target), weights)
+    mod = _prepared(tiny_program)
     tasks = [t for t in ms.relax_integration.extract_tasks(mod, target) if "conv2d" in t.task_name]
     task = tasks[0]
     db = _database_with_identity_record(task, target)
@@ -376,8 +370,7 @@ def test_the_untuned_baseline_takes_no_pipeline_options(tiny_program, tmp_path):
 def test_cuda_schedule_binds_every_kernel_to_gpu_threads(mobile):
     _, _, program = mobile
     target = CUDA.tvm_target()
-    mod, weights = _imported(program)
-    mod, _ = pipeline.transform_params(pipeline.prepare(mod, target), weights)
+    mod = _prepared(program, target=target)
     assert not any(_scheduled(f) for f in _prim_funcs(mod).values())
     scheduled = _prim_funcs(pipeline.schedule(mod, target))
     assert scheduled
