@@ -164,6 +164,7 @@ def train_policy(space: PlanSpace, cfg: AgentConfig, out: str | Path, *, ranges:
     ``checkpoint_every`` steps, may return ``False`` to stop (Optuna's pruning).
     """
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.monitor import Monitor
 
     ranges = ranges or ConditionRanges()
@@ -196,6 +197,8 @@ def train_policy(space: PlanSpace, cfg: AgentConfig, out: str | Path, *, ranges:
     t0 = time.perf_counter()
     left = cfg.timesteps - agent.num_timesteps
     if left > 0:
+        # a logger with no outputs: SB3's default for verbose=0 makes an empty SB3-<date> folder in /tmp on every learn()
+        agent.set_logger(Logger(folder=None, output_formats=[]))
         agent.learn(total_timesteps=left, progress_bar=progress_bar, reset_num_timesteps=False, callback=Every())
         agent.save(ckpt)
         agent.save_replay_buffer(buf)

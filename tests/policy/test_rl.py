@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import zipfile
 
 import numpy as np
@@ -153,10 +154,14 @@ def test_the_warm_up_explores_plans_that_prune_every_group_alike(tmp_path, digit
     assert sum(len(set(p.values())) > 1 for p in mixed) >= len(mixed) // 2
 
 
-def test_training_resumes_from_its_checkpoint(tmp_path, digits_space):
+def test_training_resumes_from_its_checkpoint(tmp_path, digits_space, monkeypatch):
     space = _cut_only_space()
     cfg = AgentConfig(timesteps=300, learning_starts=50)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     train_policy(space, cfg, tmp_path / "p.zip", checkpoint_every=100)
+    assert list(scratch.iterdir()) == []  # training leaves nothing in the temporary folder (no SB3-<date> log folders)
     steps = []
     train_policy(space, AgentConfig(timesteps=300, learning_starts=50), tmp_path / "p.zip", checkpoint_every=100,
                  callback=lambda step, _: steps.append(step) or True)
