@@ -3,8 +3,8 @@
 For each model, three single-tensor cuts (the ones nearest a quarter, half and
 three quarters of the model's MACs) split it; each half is compiled exactly as
 a bundle compiles it (``compile_program``: the TVM pipeline, rule-based
-schedules) and timed as a whole call by the profiler's timing worker, on this
-machine at full speed and under a CPU quota (a cgroup, as ``cogentc profile
+schedules) and timed as a whole call by the profiler's timing worker (by the
+wall clock), on this machine at full speed and under a CPU quota (a cgroup, as ``cogentc profile
 --cpu-quota`` and the testbed's device use).  The prediction is
 ``ProfileComputeModel.nodes_ms`` of the half's nodes, from a profile measured
 by ``cogentc profile`` under the same condition (the benchmark measures the
@@ -90,11 +90,17 @@ def time_halves(halves: dict[Any, tuple[Path, list[tuple[int, ...]]]], worker: A
     and 2.03 ms in the next.  Load from elsewhere only ever slows a call, so
     a half's time is its fastest round, as a profile's sample is its median
     batch over a fraction of a second.
+
+    Under a quota the half is timed by the wall clock (the profile times its
+    layers by CPU time over the quota), in batches of 0.1 s of work, about
+    a second: the kernel throttles at its 4 ms tick, so a 10 % quota comes
+    in bursts of about 4 ms of work and 36 ms of waiting (measured), and a
+    batch of 20 ms of work took 8x to 12x that, by where the bursts fell.
     """
     times: dict[Any, list[float]] = {k: [] for k in halves}
     for _ in range(rounds):
         for key, (folder, shapes) in halves.items():
-            answer = worker.time(folder, shapes, 0.02 if quota else 0.05, 7, kernels=False)  # see profiler._run_layer
+            answer = worker.time(folder, shapes, 0.1 if quota else 0.05, 3 if quota else 7, kernels=False, wall=True)
             if "error" in answer:
                 raise RuntimeError(f"{key}: {answer['error']}")
             times[key].append(round(float(answer["wall_ms"]), 4))

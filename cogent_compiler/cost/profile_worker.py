@@ -3,16 +3,17 @@
 It runs apart from the compiler so that it can sit in a CPU-quota cgroup and
 start with its own ``TVM_NUM_THREADS``.  Protocol: one JSON request per line
 on stdin, ``{"folder": ..., "inputs": [[shape], ...], "min_batch_s": ...,
-"batches": ..., "kernels": true, "fastest": false}`` (``"kernels": false`` times only the whole call; ``"fastest": true``
-keeps each timing's fastest batch, not its median); one JSON answer per line on the original stdout,
+"batches": ..., "kernels": true, "fastest": false, "cpu_share": null}`` (``"kernels": false`` times only the whole call; ``"fastest": true``
+keeps each timing's fastest batch, not its median; ``"cpu_share": q`` times a call by its CPU time over ``q``, the process's CPU
+quota); one JSON answer per line on the original stdout,
 ``{"kernels": [[symbol, ms], ...], "wall_ms": ..., "runs": ...}`` or
 ``{"error": "..."}``.  Everything else the process prints goes to stderr.
 
 Each kernel is timed on its own: one instrumented run of the VM records every
 kernel call with its arguments (the VM's own tensors), then each call is
 repeated in batches of at least ``min_batch_s`` and the median batch mean is
-its time.  Under a CPU quota a batch spans several quota periods, so the
-mean includes the throttling a whole model sees.
+its time.  Under a CPU quota a call is timed by its CPU time over the quota
+(``profiler.QUOTA_TIMING`` says why): what it costs over many quota periods.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 __all__ = ["main", "time_call"]
 
 
-def time_call(f: Callable[[], Any], min_batch_s: float, batches: int, fastest: bool = False) -> tuple[float, int]:
+def time_call(f: Callable[[], Any], min_batch_s: float, batches: int, fastest: bool = False, cpu_share: float | None = None) -> tuple[float, int]:
     """(median -- with ``fastest``, the smallest -- over ``batches`` of the mean ms per call in a batch of at least ``min_batch_s``, calls timed).
 
     A batch's size comes from the CPU time of one call, not its wall time:
@@ -40,6 +41,8 @@ def time_call(f: Callable[[], Any], min_batch_s: float, batches: int, fastest: b
     in what is left of the quota's period, unthrottled: a 10 %-quota half
     then measured 1.4 ms instead of 12.  Sized by CPU time, a batch spans
     ``min_batch_s`` of work, i.e. ``min_batch_s / quota`` of wall time.
+    With ``cpu_share`` a batch is timed by the process's CPU time, divided
+    by ``cpu_share``.
     """
     f()
     # one call's CPU time, from enough calls to fill a millisecond: reading the process clock costs
@@ -55,12 +58,13 @@ def time_call(f: Callable[[], Any], min_batch_s: float, batches: int, fastest: b
                 break
     one = used / calls
     k = max(1, min(100_000, math.ceil(min_batch_s / max(one, 1e-7))))
+    clock = time.process_time if cpu_share else time.perf_counter
     means = []
     for _ in range(batches):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(k):
             f()
-        means.append((time.perf_counter() - t0) / k * 1e3)
+        means.append((clock() - t0) / k * 1e3 / (cpu_share or 1.0))
     return (min(means) if fastest else statistics.median(means)), k * batches
 
 
@@ -72,6 +76,8 @@ def _measure(req: dict[str, Any]) -> dict[str, Any]:
 
     folder = Path(req["folder"])
     min_batch_s, batches, fastest = float(req["min_batch_s"]), int(req["batches"]), bool(req.get("fastest", False))
+    share = req.get("cpu_share")
+    share = float(share) if share else None
     dev = tvm.cpu(0)
     lib = tvm.runtime.load_module(str(folder / "model.so"))
     params = [tvm.runtime.tensor(p, dev) for p in _load_params(folder / "params.npz")] if (folder / "params.npz").exists() else []
@@ -92,12 +98,12 @@ def _measure(req: dict[str, Any]) -> dict[str, Any]:
     kernels = []
     runs = 0
     for symbol, func, args in calls:
-        ms, n = time_call(lambda: func(*args), min_batch_s, batches, fastest)
+        ms, n = time_call(lambda: func(*args), min_batch_s, batches, fastest, share)
         kernels.append([symbol, ms])
         runs = max(runs, n)
     vm = tvm.runtime.vm.VirtualMachine(lib, dev)
     entry = vm["main"]
-    wall_ms, n = time_call(lambda: entry(*inputs, *params), min_batch_s, batches, fastest)
+    wall_ms, n = time_call(lambda: entry(*inputs, *params), min_batch_s, batches, fastest, share)
     return {"kernels": kernels, "wall_ms": wall_ms, "runs": runs or n}
 
 

@@ -16,7 +16,7 @@ from cogent_compiler.backends.pipeline import SCHEDULE_RULES
 from cogent_compiler.cli import main
 from cogent_compiler.cost import Profile, ProfileComputeModel, Sample, fit_profile, load_profile, save_profile
 from cogent_compiler.cost.predictor import FIT_METHOD, CPUFacts, _moved, fit_key, fit_samples, fused_epilogues, lane_use, vector_lanes, weight_passes
-from cogent_compiler.cost.profiler import ATTENTION, GRAPH, LayerSpec, measure_profile, reference_layers
+from cogent_compiler.cost.profiler import ATTENTION, GRAPH, QUOTA_TIMING, LayerSpec, measure_profile, reference_layers
 from cogent_compiler.errors import MissingFitError, ProfileError, ProfileFormatError, ProfileTargetError
 from cogent_compiler.ir import Node, TensorInfo
 
@@ -235,6 +235,22 @@ def test_timing_keeps_the_median_batch_or_under_a_quota_the_fastest():
     median, n = time_call(slowing(), 0.002, 5)
     fastest, m = time_call(slowing(), 0.002, 5, fastest=True)
     assert n > 5 and m > 5 and fastest < 0.9 * median
+
+
+def test_timing_by_cpu_share_counts_work_not_waiting():
+    """Under a quota a call is its CPU time over the quota: time spent off the CPU (here asleep) is not the call's."""
+    from cogent_compiler.cost.profile_worker import time_call
+
+    def f() -> None:
+        end = time.process_time() + 2e-4
+        while time.process_time() < end:
+            pass
+        time.sleep(1e-3)
+
+    wall, _ = time_call(f, 0.005, 3)
+    work, _ = time_call(f, 0.005, 3, cpu_share=1.0)
+    tenth, _ = time_call(f, 0.005, 3, cpu_share=0.1)
+    assert wall > 1.0 and 0.15 < work < 0.6 and 7 * work < tenth < 14 * work
 
 
 def test_the_whole_call_fit_is_calibrated_on_reference_networks_end_to_end():
@@ -456,4 +472,13 @@ def test_cli_profile_refuses_what_it_cannot_measure(capsys, tmp_path):
 def test_cpu_quota_times_in_a_cgroup_and_removes_it(tmp_path):
     p = measure_profile("llvm", tmp_path / "q.json", budget_s=60, cpu_quota=0.5, threads=1, layers=[LayerSpec("relu", 8, 0, 7)])
     assert p.cpu_quota == 0.5 and p.machine["quota_period_us"] == 10_000 and p.samples[0].ms > 0
+    assert p.machine["quota_timing"] == QUOTA_TIMING
+    # a quota profile timed by the wall clock (before QUOTA_TIMING) is measured again, not resumed
+    machine = {k: v for k, v in p.machine.items() if k != "quota_timing"}
+    save_profile(replace(p, machine=machine, samples=tuple(replace(x, ms=1e6) for x in p.samples)), tmp_path / "q.json")
+    said: list[str] = []
+    again = measure_profile("llvm", tmp_path / "q.json", budget_s=60, cpu_quota=0.5, threads=1, layers=[LayerSpec("relu", 8, 0, 7)],
+                            progress=said.append)
+    assert any("by the wall clock" in m and "measuring it again" in m for m in said)
+    assert again.machine["quota_timing"] == QUOTA_TIMING and all(x.ms < 1e6 for x in again.samples)
     assert not list(Path("/sys/fs/cgroup/cpu").glob(f"cgnt-{os.getpid()}-prof"))
