@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             # the bundle's artifact is the same compile as this one (choose_backend compiled it the same way)
             "chosen_same_as": row["chosen_twin"], "chosen_ms": ms[row.pop("chosen_twin")],
             "runs": m["runs"], "max_abs_err_vs_torch": m["max_abs_err_vs_torch"], "reference_max_abs": m["reference_max_abs"],
+            "tunedb": str(tunedb),  # rows of --resume runs may come from different databases
         })
         tuned = ", ".join(f"{b}m {v:.1f}" for b, v in row["tvm_tuned_ms"].items())
         _say(t0, f"{name}: torch {ms['torch']:.1f} ms, ort {ms['ort']:.1f}, tvm untuned {ms['tvm_untuned']:.1f}, "
