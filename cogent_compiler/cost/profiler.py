@@ -377,7 +377,8 @@ class _Worker:
 
     def __init__(self, threads: int, cpu_quota: float | None) -> None:
         self.cgroup: Path | None = None
-        self.cpu_quota = cpu_quota
+        # the share of the CPU it runs at: the quota, unless its threads cannot use that much
+        self.cpu_share = None if cpu_quota is None else min(cpu_quota, float(threads))
         env = {**os.environ, "TVM_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "cogent_compiler.cost.profile_worker"]
         if cpu_quota is not None:
@@ -413,7 +414,7 @@ class _Worker:
         # host's scheduling) only ever slows a batch
         stdin.write(json.dumps({"folder": str(folder), "inputs": [list(s) for s in inputs], "min_batch_s": min_batch_s, "batches": batches,
                                 "kernels": kernels, "fastest": self.cgroup is not None,
-                                "cpu_share": self.cpu_quota if self.cgroup is not None and not wall else None}) + "\n")
+                                "cpu_share": self.cpu_share if self.cgroup is not None and not wall else None}) + "\n")
         stdin.flush()
         return self._read()
 

@@ -481,4 +481,13 @@ def test_cpu_quota_times_in_a_cgroup_and_removes_it(tmp_path):
                             progress=said.append)
     assert any("by the wall clock" in m and "measuring it again" in m for m in said)
     assert again.machine["quota_timing"] == QUOTA_TIMING and all(x.ms < 1e6 for x in again.samples)
+    # one thread under a quota of 1.5 cores never reaches it: it runs at one core's speed
+    from cogent_compiler.cost.profiler import _Worker
+
+    for threads, quota, share in ((1, 1.5, 1.0), (2, 1.5, 1.5), (1, 0.1, 0.1)):
+        worker = _Worker(threads, quota)
+        try:
+            assert worker.cpu_share == share
+        finally:
+            worker.close()
     assert not list(Path("/sys/fs/cgroup/cpu").glob(f"cgnt-{os.getpid()}-prof"))
