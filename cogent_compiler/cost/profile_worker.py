@@ -76,8 +76,7 @@ def _measure(req: dict[str, Any]) -> dict[str, Any]:
 
     folder = Path(req["folder"])
     min_batch_s, batches, fastest = float(req["min_batch_s"]), int(req["batches"]), bool(req.get("fastest", False))
-    share = req.get("cpu_share")
-    share = float(share) if share else None
+    share = float(req["cpu_share"]) if req.get("cpu_share") else None
     dev = tvm.cpu(0)
     lib = tvm.runtime.load_module(str(folder / "model.so"))
     params = [tvm.runtime.tensor(p, dev) for p in _load_params(folder / "params.npz")] if (folder / "params.npz").exists() else []

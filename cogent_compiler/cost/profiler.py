@@ -414,7 +414,7 @@ class _Worker:
         # host's scheduling) only ever slows a batch
         stdin.write(json.dumps({"folder": str(folder), "inputs": [list(s) for s in inputs], "min_batch_s": min_batch_s, "batches": batches,
                                 "kernels": kernels, "fastest": self.cgroup is not None,
-                                "cpu_share": self.cpu_share if self.cgroup is not None and not wall else None}) + "\n")
+                                "cpu_share": None if wall else self.cpu_share}) + "\n")
         stdin.flush()
         return self._read()
 

@@ -16,7 +16,7 @@ from cogent_compiler.backends.pipeline import SCHEDULE_RULES
 from cogent_compiler.cli import main
 from cogent_compiler.cost import Profile, ProfileComputeModel, Sample, fit_profile, load_profile, save_profile
 from cogent_compiler.cost.predictor import FIT_METHOD, CPUFacts, _moved, fit_key, fit_samples, fused_epilogues, lane_use, vector_lanes, weight_passes
-from cogent_compiler.cost.profiler import ATTENTION, GRAPH, QUOTA_TIMING, LayerSpec, measure_profile, reference_layers
+from cogent_compiler.cost.profiler import ATTENTION, GRAPH, QUOTA_TIMING, LayerSpec, _Worker, measure_profile, reference_layers
 from cogent_compiler.errors import MissingFitError, ProfileError, ProfileFormatError, ProfileTargetError
 from cogent_compiler.ir import Node, TensorInfo
 
@@ -482,8 +482,6 @@ def test_cpu_quota_times_in_a_cgroup_and_removes_it(tmp_path):
     assert any("by the wall clock" in m and "measuring it again" in m for m in said)
     assert again.machine["quota_timing"] == QUOTA_TIMING and all(x.ms < 1e6 for x in again.samples)
     # one thread under a quota of 1.5 cores never reaches it: it runs at one core's speed
-    from cogent_compiler.cost.profiler import _Worker
-
     for threads, quota, share in ((1, 1.5, 1.0), (2, 1.5, 1.5), (1, 0.1, 0.1)):
         worker = _Worker(threads, quota)
         try:
