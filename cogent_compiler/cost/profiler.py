@@ -296,7 +296,9 @@ def _families() -> list[list[LayerSpec]]:
         # three input channels vectorize poorly: stems are a family of their own (ResNet's 7x7, MobileNet's 3x3)
         "stem": [LayerSpec("conv2d", 3, 16, 32, 3), LayerSpec("conv2d", 3, 32, 224, 3, 2), LayerSpec("conv2d", 3, 64, 224, 7, 2),
                  LayerSpec("conv2d", 3, 8, 16, 3), LayerSpec("conv2d", 3, 32, 64, 3), LayerSpec("conv2d", 3, 16, 112, 3, 2),
-                 LayerSpec("conv2d", 3, 32, 112, 7, 2), LayerSpec("conv2d", 3, 64, 112, 7, 2), LayerSpec("conv2d", 3, 16, 56, 7, 2)],
+                 LayerSpec("conv2d", 3, 32, 112, 7, 2), LayerSpec("conv2d", 3, 64, 112, 7, 2), LayerSpec("conv2d", 3, 16, 56, 7, 2),
+                 # SqueezeNet 1.1's and VGG's 64-channel 3x3 stems (strided and not)
+                 LayerSpec("conv2d", 3, 64, 224, 3, 2), LayerSpec("conv2d", 3, 64, 112, 3, 2), LayerSpec("conv2d", 3, 64, 224, 3)],
         "linear": [LayerSpec("linear", i, o) for i, o in ((8, 10), (64, 64), (256, 10), (512, 100), (512, 1000), (1024, 1024),
                                                           (1280, 1000), (2048, 1000), (4096, 1000))],
         "max_pool2d": [LayerSpec("max_pool2d", c, 0, hw, k, s) for k, s in ((3, 2), (2, 2), (3, 1)) for c in (8, 16, 64, 128, 256) for hw in (14, 28, 56, 112)],
