@@ -16,7 +16,8 @@ fine-tune per plan, cached; the accuracy budget is 1 point of top-1).
 edge load and device speed, then asked for each case's conditions (its
 answer: the faster of the actor's rollout and the plans it measured in
 training, priced for the case -- ``LearnedPolicy.answer``; ``rl_rollout``
-is the actor's rollout alone, to show what the learning is worth); a plan
+is the actor's rollout alone, to show what the learning is worth, its
+shape stretched or repaired into the budget as training fits every plan -- ``PruneCutEnv``); a plan
 the oracle finds over budget is repaired as the compiler repairs it (every
 ratio scaled by a common factor found by bisection) and the repair's evaluations are counted.  Its
 ``evaluations`` are the distinct plans the oracle measured in training plus
@@ -59,10 +60,11 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "policy.json"
 CONDITIONS = ((2.0, 10.0, 1.0, 1.0), (10.0, 10.0, 1.0, 1.0), (50.0, 5.0, 2.0, 1.0), (5.0, 20.0, 1.0, 2.0))
 
 
-def _repair(space: Any, ratios: dict[str, float], c: Any, attempts: int = 4) -> tuple[dict[str, float], int]:
-    """Scale the ratios down until the plan is within the budget, by the compile's bisection; (ratios, evaluations spent)."""
+def _repair(space: Any, ratios: dict[str, float], c: Any, attempts: int = 4, stretch: bool = False) -> tuple[dict[str, float], int]:
+    """Scale the ratios down until the plan is within the budget (``stretch``: up to its edge, as training does), by the
+    compile's bisection; (ratios, evaluations spent)."""
     before = space.accuracy.evaluations
-    fixed = space.repair(ratios, c, attempts)
+    fixed = space.repair(ratios, c, attempts, stretch=stretch)
     return fixed, space.accuracy.evaluations - before
 
 
@@ -118,12 +120,13 @@ def run_model(name: str, args: argparse.Namespace, compute: tuple[Any, Any], say
         methods = {"rl": {**rl.to_json(), "train_s": round(train_s, 1), "answer_ms": round(answer_ms, 3), "repair_evaluations": repair_evals,
                           "source": info["source"], "measured_plans": len(policy.plans)}}
         methods["rl"]["validated"] = validated(answer, c)  # the compile checks the answer itself, not the oracle's repair of it
-        # the actor alone, without the plans it measured in training: what the learning itself is worth
+        # the actor alone, without the plans it measured in training: what the learning itself is worth; its shape fitted to the
+        # budget as training fitted every plan (stretched up to the edge, or repaired down)
         actor = dict(info["rollout"]["ratios"])
-        actor_fixed, actor_evals = _repair(space, actor, c)
+        actor_fixed, actor_evals = _repair(space, actor, c, stretch=True)
         actor_cut, actor_lat = space.best_cut(actor_fixed, c)
         methods["rl_rollout"] = {**SearchResult("rl_rollout", actor_fixed, actor_cut, actor_lat.total_ms, space.feasible(actor_fixed, c)[1],
-                                                train_evals + actor_evals, 0.0).to_json(), "validated": validated(actor, c)}
+                                                train_evals + actor_evals, 0.0).to_json(), "validated": validated(actor_fixed, c)}
         budget = max(rl.evaluations, train_evals + actor_evals)
         for m, search in SEARCHERS.items():
             found = search(space, c, budget, args.seed)

@@ -147,3 +147,10 @@ def test_a_repair_bisects_the_scale_of_the_ratios():
     assert bisect_scale(up_to(2.0), 4) == 1.0 and tried == [1.0]  # what was asked for fits: nothing more is tried
     tried.clear()
     assert bisect_scale(up_to(0.1), 4) is None and tried == [1.0, 0.5, 0.25, 0.125]
+    tried.clear()
+    assert bisect_scale(up_to(1.6), 4, top=2.0) == 1.5 and tried == [1.0, 2.0, 1.5, 1.75]  # stretched towards top
+    tried.clear()
+    assert bisect_scale(up_to(3.0), 4, top=2.0) == 2.0 and tried == [1.0, 2.0]
+    tried.clear()
+    assert bisect_scale(up_to(0.6), 4, top=2.0) == 0.5 and tried == [1.0, 0.5, 0.75, 0.625]  # top changes nothing below 1
+

@@ -76,23 +76,26 @@ def uniform_ratios(groups: Any, ratio: float, overrides: Mapping[str, float] | N
     return {k: v for k, v in out.items() if v > 0}
 
 
-def bisect_scale(fits: Callable[[float], bool], attempts: int) -> float | None:
+def bisect_scale(fits: Callable[[float], bool], attempts: int, top: float = 1.0) -> float | None:
     """The largest scale of the ratios found to fit in ``attempts`` tries: 1 first, then bisection; ``None`` if none fit.
 
     Scale 0 (unpruned) always fits and 1 is tried first; after a failure the
     next try is halfway between the largest scale known to fit and the
     smallest known not to, so a plan a little over the budget loses a little
-    (0.75, 0.875 ...) where halving every ratio would lose half.
+    (0.75, 0.875 ...) where halving every ratio would lose half.  With
+    ``top`` above 1 a plan that fits is stretched the same way: ``top`` next,
+    then halfway between what fits and what does not.
     """
-    lo, hi, scale, best = 0.0, 1.0, 1.0, None
+    lo, hi, scale, best = 0.0, max(top, 1.0), 1.0, None
     for _ in range(attempts):
         if fits(scale):
             best = lo = scale
-            if scale == 1.0:
+            if scale >= hi:
                 break
+            scale = hi if scale == 1.0 else (lo + hi) / 2
         else:
             hi = scale
-        scale = (lo + hi) / 2
+            scale = (lo + hi) / 2
     return best
 
 

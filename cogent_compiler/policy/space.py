@@ -223,12 +223,21 @@ class PlanSpace:
         scored = [(cut, model.estimate(partition_at(graph, cut))) for cut in self.cuts]
         return min(scored, key=lambda s: s[1].total_ms)
 
-    def repair(self, ratios: Mapping[str, float], c: Conditions, attempts: int) -> dict[str, float]:
-        """``ratios`` scaled into the accuracy budget as the compile scales them (``bisect_scale``, ``attempts`` checks); {} if none fits."""
+    def repair(self, ratios: Mapping[str, float], c: Conditions, attempts: int, *, stretch: bool = False) -> dict[str, float]:
+        """``ratios`` scaled into the accuracy budget as the compile scales them (``bisect_scale``, ``attempts`` checks); {} if none fits.
+
+        ``stretch`` scales a plan that fits *up* as well, as far as the
+        budget and ``max_ratio`` allow: the plan's shape pushed to the edge.
+        """
         from cogent_compiler.accuracy.budget import bisect_scale
 
-        scale = bisect_scale(lambda k: self.feasible({g: r * k for g, r in ratios.items()}, c)[0], attempts)
-        return {g: r * scale for g, r in ratios.items()} if scale else {}
+        peak = max(ratios.values(), default=0.0)
+        top = self.max_ratio / peak if stretch and peak > 0 else 1.0
+
+        def scaled(k: float) -> dict[str, float]:
+            return {g: min(r * k, self.max_ratio) if k > 1.0 else r * k for g, r in ratios.items()}
+        scale = bisect_scale(lambda k: self.feasible(scaled(k), c)[0], attempts, top)
+        return scaled(scale) if scale else {}
 
     def feasible(self, ratios: Mapping[str, float], c: Conditions) -> tuple[bool, float | None]:
         """(within the accuracy budget, top-1); no ratios is always feasible."""

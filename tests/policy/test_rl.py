@@ -51,8 +51,11 @@ def test_the_environment_passes_gymnasiums_checker(digits_space):
     assert steps == len(digits_space.groups) == 2  # one per prune group; the cut follows exactly
     assert reward < 0 and info["ratios"] == {g: pytest.approx(0.35) for g in digits_space.groups}
     assert info["latency_ms"] == pytest.approx(-reward * info["device_only_ms"]) or not info["feasible"]
-    # the plan priced is the one that ships: the ratios asked for, or their repair when over the budget
-    assert info["repaired_ratios"] == info["ratios"] or not info["feasible"]
+    # the plan priced is the one that ships: the ratios asked for scaled by one factor, up within the budget, down when over it
+    shipped = info["repaired_ratios"]
+    k = shipped[digits_space.groups[0]] / info["ratios"][digits_space.groups[0]]
+    assert shipped == {g: pytest.approx(min(r * k, digits_space.max_ratio)) for g, r in info["ratios"].items()}
+    assert (k >= 1.0) == info["feasible"]
     cut, best = digits_space.best_cut(info["repaired_ratios"], Conditions(bandwidth_mbps=5.0))
     assert info["cut"] == cut and info["latency_ms"] == pytest.approx(best.total_ms)
 
@@ -74,6 +77,33 @@ def test_an_over_budget_plan_is_repaired_as_the_compile_repairs_it_at_a_cost(dig
     for _ in digits_space.groups:
         _, reward, _, _, info = env.step(np.array([1.0], np.float32))
     assert not info["feasible"] and reward < -1.0
+
+
+def test_a_plan_within_the_budget_is_stretched_to_its_edge_and_paid_for_that(digits_space):
+    a, b = digits_space.groups
+    half = {a: 0.35, b: 0.35}
+    drop = {k: digits_space.accuracy.baseline - digits_space.accuracy({a: k, b: k}) for k in (0.35, 0.7)}
+    for max_drop in (1.0, drop[0.35]):  # everything fits; the plan asked for fits and (maybe) no more
+        c = Conditions(max_drop=max_drop)
+        env = PruneCutEnv(digits_space)
+        env.reset(options={"conditions": c})
+        for _ in digits_space.groups:
+            _, reward, _, _, info = env.step(np.array([0.0], np.float32))
+        assert info["feasible"] and info["ratios"] == pytest.approx(half)
+        shipped = info["repaired_ratios"]
+        assert shipped[a] == shipped[b] and digits_space.feasible(shipped, c)[0]
+        if drop[0.7] <= max_drop:
+            assert shipped[a] == pytest.approx(digits_space.max_ratio)  # the whole way: max_ratio fits
+        else:
+            assert 0.35 <= shipped[a] < 0.7
+        cut, best = digits_space.best_cut(shipped, c)
+        assert info["cut"] == cut and reward == pytest.approx(-min(best.total_ms / info["device_only_ms"], 4.0))
+    # no stretching asked for: the plan as it was
+    env = PruneCutEnv(digits_space, stretch_attempts=0)
+    env.reset(options={"conditions": Conditions(max_drop=1.0)})
+    for _ in digits_space.groups:
+        _, _, _, _, info = env.step(np.array([0.0], np.float32))
+    assert info["repaired_ratios"] == info["ratios"]
 
 
 def _cut_only_space() -> PlanSpace:
