@@ -17,7 +17,8 @@ edge load and device speed, then asked for each case's conditions (its
 answer: the faster of the actor's rollout and the plans it measured in
 training, priced for the case -- ``LearnedPolicy.answer``; ``rl_rollout``
 is the actor's rollout alone, to show what the learning is worth, its
-shape stretched or repaired into the budget as training fits every plan -- ``PruneCutEnv``); a plan
+shape repaired into the budget, or with ``--stretch-attempts`` also stretched, as training fits every plan --
+``PruneCutEnv``); a plan
 the oracle finds over budget is repaired as the compiler repairs it (every
 ratio scaled by a common factor found by bisection) and the repair's evaluations are counted.  Its
 ``evaluations`` are the distinct plans the oracle measured in training plus
@@ -102,7 +103,8 @@ def run_model(name: str, args: argparse.Namespace, compute: tuple[Any, Any], say
                              max_drop=(args.max_drop, args.max_drop))
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="cogent-policy-") as tmp:
-        cfg = dataclasses.replace(default_config(args.rl_steps, seed=args.seed), uniform_warmup=args.uniform_warmup)
+        cfg = dataclasses.replace(default_config(args.rl_steps, seed=args.seed), uniform_warmup=args.uniform_warmup,
+                                  stretch_attempts=args.stretch_attempts)
         policy = train_policy(space, cfg, Path(tmp) / "policy.zip", ranges=ranges,
                               callback=lambda step, r: say(f"{name}: step {step}/{args.rl_steps}, mean reward {r:.3f}") or True)
     train_s, train_evals = time.time() - t0, oracle.evaluations
@@ -121,9 +123,9 @@ def run_model(name: str, args: argparse.Namespace, compute: tuple[Any, Any], say
                           "source": info["source"], "measured_plans": len(policy.plans)}}
         methods["rl"]["validated"] = validated(answer, c)  # the compile checks the answer itself, not the oracle's repair of it
         # the actor alone, without the plans it measured in training: what the learning itself is worth; its shape fitted to the
-        # budget as training fitted every plan (stretched up to the edge, or repaired down)
+        # budget as training fitted every plan (repaired down; with --stretch-attempts also stretched up to the edge)
         actor = dict(info["rollout"]["ratios"])
-        actor_fixed, actor_evals = _repair(space, actor, c, stretch=True)
+        actor_fixed, actor_evals = _repair(space, actor, c, stretch=args.stretch_attempts > 0)
         actor_cut, actor_lat = space.best_cut(actor_fixed, c)
         methods["rl_rollout"] = {**SearchResult("rl_rollout", actor_fixed, actor_cut, actor_lat.total_ms, space.feasible(actor_fixed, c)[1],
                                                 train_evals + actor_evals, 0.0).to_json(), "validated": validated(actor_fixed, c)}
@@ -168,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uniform-warmup", type=float, default=AgentConfig.uniform_warmup,
                    help=f"share of TD3's warm-up episodes that prune every group by one ratio (default {AgentConfig.uniform_warmup}; 0: "
                         "stable-baselines3's per-step random actions)")
+    p.add_argument("--stretch-attempts", type=int, default=AgentConfig.stretch_attempts,
+                   help="measurements training spends stretching each plan within the budget towards its edge "
+                        f"(default {AgentConfig.stretch_attempts}: none; PruneCutEnv)")
     p.add_argument("--smoke", action="store_true", help="vgg_digits, 2 conditions, 200 training and 60 TD3 steps, 30-step checks, flags-only compute")
     p.add_argument("-o", "--output", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
@@ -218,6 +223,7 @@ def _result(args: argparse.Namespace, argv: list[str] | None, profiles: dict[str
         "setup": {"profiles": profiles, "max_drop": args.max_drop, "rl_steps": args.rl_steps, "train_steps": args.train_steps,
                   "agent": "default_config(rl_steps): TD3, warm-up min(300, max(50, rl_steps // 6)) steps, a share of its episodes one ratio "
                            "for every group, 4 gradient steps per step", "uniform_warmup": args.uniform_warmup,
+                  "stretch_attempts": args.stretch_attempts,
                   "oracle_finetune_steps": args.oracle_steps, "val_samples": args.val_samples, "seed": args.seed,
                   "validate_finetune_steps": args.validate_steps,
                   "budget": "every baseline gets, per case, as many evaluated plans as the policy measured in training (plus its repairs)"},

@@ -37,14 +37,16 @@ TD3 learned to prune nothing.  ``repair_attempts=0`` keeps that penalty.
 
 A plan *within* the budget is stretched the same way (every ratio scaled
 up by one factor, at most to ``max_ratio``; ``stretch_attempts``
-measurements) and earns the stretched plan's reward, with no cost: every
+measurements, none by default) and earns the stretched plan's reward, with no cost: every
 plan the agent is paid for lies near the budget's edge, so its reward
 rates the *shape* of the pruning -- which groups to prune more than
 others -- as AMC's constrained mode rates a shape scaled to its FLOPs
 budget.  Without it the agent had to find the edge itself through a noisy
 oracle, and a grid of uniform ratios, which walks right up to that edge,
 beat every plan it measured on two of three digits CNNs by 9-17 %
-(``benchmarks/policy.py``).
+(``benchmarks/policy.py``).  Each stretch costs measurements the agent
+could have spent on more episodes, so it is off until measured
+(``AgentConfig.stretch_attempts``, ``benchmarks/policy.py --stretch-attempts``).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class PruneCutEnv(gym.Env[np.ndarray, np.ndarray]):
     metadata = {"render_modes": []}
 
     def __init__(self, space: PlanSpace, ranges: ConditionRanges | None = None, *, penalty: float = 10.0,
-                 repair_attempts: int = 3, repair_cost: float = 0.05, stretch_attempts: int = 2, measure_accuracy: bool = True) -> None:
+                 repair_attempts: int = 3, repair_cost: float = 0.05, stretch_attempts: int = 0, measure_accuracy: bool = True) -> None:
         """``measure_accuracy=False`` skips the accuracy oracle (answering a trained policy: the compile checks accuracy itself)."""
         super().__init__()
         self.space = space

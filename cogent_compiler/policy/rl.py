@@ -83,6 +83,8 @@ class AgentConfig:
     #: share of the warm-up's episodes that prune every group by one ratio drawn for the episode (``_warm_up_td3``);
     #: 0 is stable-baselines3's own warm-up (neither measured better, see ``_warm_up_td3``); ``cogentc tune`` tunes it
     uniform_warmup: float = 0.0
+    #: measurements spent stretching each plan within the budget towards its edge (``PruneCutEnv``); 0: none
+    stretch_attempts: int = 0
 
 
 def default_config(timesteps: int, seed: int = 0) -> AgentConfig:
@@ -171,7 +173,7 @@ def train_policy(space: PlanSpace, cfg: AgentConfig, out: str | Path, *, ranges:
     out = Path(out)
     work = Path(work) if work else out.with_name(out.name + ".train")
     work.mkdir(parents=True, exist_ok=True)
-    env = Monitor(PruneCutEnv(space, ranges))
+    env = Monitor(PruneCutEnv(space, ranges, stretch_attempts=cfg.stretch_attempts))
     env.reset(seed=cfg.seed)
     ckpt, buf = work / "agent.zip", work / "replay.pkl"
     meta = work / "config.json"

@@ -85,7 +85,7 @@ def test_a_plan_within_the_budget_is_stretched_to_its_edge_and_paid_for_that(dig
     drop = {k: digits_space.accuracy.baseline - digits_space.accuracy({a: k, b: k}) for k in (0.35, 0.7)}
     for max_drop in (1.0, drop[0.35]):  # everything fits; the plan asked for fits and (maybe) no more
         c = Conditions(max_drop=max_drop)
-        env = PruneCutEnv(digits_space)
+        env = PruneCutEnv(digits_space, stretch_attempts=2)
         env.reset(options={"conditions": c})
         for _ in digits_space.groups:
             _, reward, _, _, info = env.step(np.array([0.0], np.float32))
@@ -98,12 +98,23 @@ def test_a_plan_within_the_budget_is_stretched_to_its_edge_and_paid_for_that(dig
             assert 0.35 <= shipped[a] < 0.7
         cut, best = digits_space.best_cut(shipped, c)
         assert info["cut"] == cut and reward == pytest.approx(-min(best.total_ms / info["device_only_ms"], 4.0))
-    # no stretching asked for: the plan as it was
-    env = PruneCutEnv(digits_space, stretch_attempts=0)
+    # no stretching asked for (the default): the plan as it was
+    env = PruneCutEnv(digits_space)
     env.reset(options={"conditions": Conditions(max_drop=1.0)})
     for _ in digits_space.groups:
         _, _, _, _, info = env.step(np.array([0.0], np.float32))
     assert info["repaired_ratios"] == info["ratios"]
+
+
+def test_training_stretches_plans_when_configured(tmp_path, digits_space):
+    """With a budget every plan fits, each episode's plan is stretched until its largest ratio is the bound."""
+    oracle = AccuracyOracle(digits_space.graph, digits_space.data, finetune_steps=0, val_samples=100)
+    space = dataclasses.replace(digits_space, accuracy=oracle)
+    ranges = ConditionRanges(max_drop=(1.0, 1.0))
+    train_policy(space, AgentConfig(timesteps=20, learning_starts=20, stretch_attempts=2), tmp_path / "p.zip", ranges=ranges)
+    plans = [dict(k) for k in oracle.cache if k]
+    tops = [p for p in plans if max(p.values()) == pytest.approx(space.max_ratio)]
+    assert len(tops) >= 5 and len(plans) <= 2 * len(tops)  # per episode: the plan asked for, then its stretch to the bound
 
 
 def _cut_only_space() -> PlanSpace:
