@@ -83,7 +83,8 @@ class AgentConfig:
     #: share of the warm-up's episodes that prune every group by one ratio drawn for the episode (``_warm_up_td3``);
     #: 0 is stable-baselines3's own warm-up (neither measured better, see ``_warm_up_td3``); ``cogentc tune`` tunes it
     uniform_warmup: float = 0.0
-    #: measurements spent stretching each plan within the budget towards its edge (``PruneCutEnv``); 0: none
+    #: measurements spent stretching each plan within the budget towards its edge (``PruneCutEnv``); 0: none.  Not
+    #: searched by ``cogentc tune``: its score rolls the actor out unstretched, and a stretched actor's magnitudes mean nothing
     stretch_attempts: int = 0
 
 

@@ -52,7 +52,6 @@ def suggest_config(trial: Any, base: AgentConfig) -> AgentConfig:
         learning_starts=trial.suggest_int("learning_starts", 50, max(51, base.timesteps // 4), log=True),
         # how much of the warm-up prunes every group alike: no share won across models and seeds (benchmarks/policy.py)
         uniform_warmup=trial.suggest_float("uniform_warmup", 0.0, 1.0),
-        stretch_attempts=trial.suggest_categorical("stretch_attempts", [0, 2]),
         width=trial.suggest_categorical("width", [32, 64, 128]),
     )
 
