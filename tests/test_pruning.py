@@ -153,4 +153,3 @@ def test_a_repair_bisects_the_scale_of_the_ratios():
     assert bisect_scale(up_to(3.0), 4, top=2.0) == 2.0 and tried == [1.0, 2.0]
     tried.clear()
     assert bisect_scale(up_to(0.6), 4, top=2.0) == 0.5 and tried == [1.0, 0.5, 0.75, 0.625]  # top changes nothing below 1
-

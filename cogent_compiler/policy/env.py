@@ -135,7 +135,7 @@ class PruneCutEnv(gym.Env[np.ndarray, np.ndarray]):
         if not ok and self.repair_attempts > 0:
             # scale 1 is known to fail (the oracle caches it): repair_attempts more measurements at most
             shipped = self.space.repair(self.ratios, c, self.repair_attempts + 1)
-        elif ok and self.measure_accuracy and self.stretch_attempts > 0 and any(r > 0 for r in self.ratios.values()):
+        elif ok and self.measure_accuracy and self.stretch_attempts > 0:
             # scale 1 is known to fit (cached): stretch_attempts more measurements at most, towards the budget's edge
             shipped = self.space.repair(self.ratios, c, self.stretch_attempts + 1, stretch=True)
         cut, latency = self.space.best_cut(shipped, c)
