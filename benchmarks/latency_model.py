@@ -13,7 +13,12 @@ benchmark's models: its reference layers are a fixed grid of shapes.
 
 The profile's reference networks are timed again before and after the
 halves (``machine_drift``): how much faster or slower the machine runs than
-when it was profiled, reported beside the errors, not used by them.
+when it was profiled, reported beside the errors, not used by them.  With
+``--recalibrate`` the benchmark first does what a user does before planning
+with a profile measured earlier: ``cogentc profile --recalibrate`` (the
+reference networks timed again, the whole-call fit refitted; the layers as
+measured).  The cases are then predicted by the recalibrated profile, and
+each also keeps ``predicted_uncalibrated_ms`` (per quota: ``uncalibrated``).
 
 Writes ``benchmarks/results/latency_model.json``: ``cases`` (model, cut,
 half, target, quota, predicted_ms, measured_ms, rel_error, measured_rounds_ms), their
@@ -139,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the profiles are measured (and resumed from)")
     ap.add_argument("--profile-budget", default="25m", help="budget of each profile's measuring (default 25m; resumable)")
     ap.add_argument("--profile-only", help="measure only these op kinds' reference layers (cogentc profile --only); default all")
+    ap.add_argument("--recalibrate", action="store_true", help="after measuring (or resuming) each profile, time its reference networks again "
+                    "(`cogentc profile --recalibrate`) and predict with it; each case keeps the prediction before as predicted_uncalibrated_ms")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds over all halves; each half's fastest counts (default 5)")
     ap.add_argument("-o", "--output", default=str(ROOT / "benchmarks/results/latency_model.json"))
     args = ap.parse_args(argv)
@@ -171,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         model = ProfileComputeModel.from_file("device", path, expect_target="llvm")
         result["profiles"][tag] = {"path": str(path), "samples": len(model.profile.samples), "measure_s": round(time.time() - t0, 1),
                                    "leave_one_out_rel_error": loo_error(model)}
+        uncalibrated = None
+        if args.recalibrate:  # as a user would before planning: `cogentc profile --recalibrate` (see the module doc)
+            uncalibrated, t0 = model, time.time()
+            measure_profile("llvm", path, budget_s=budget, cpu_quota=quota, threads=args.threads, recalibrate=True,
+                            progress=lambda msg: print(f"[recalibrate {tag}] {msg}", file=sys.stderr, flush=True))
+            model = ProfileComputeModel.from_file("device", path, expect_target="llvm")
+            result["profiles"][tag]["recalibrated"] = {**model.profile.machine["recalibrated"], "seconds": round(time.time() - t0, 1)}
         worker = _Worker(args.threads, quota)
         try:
             with tempfile.TemporaryDirectory(prefix="cogent-latbench-") as tmp:
@@ -196,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                             "head_macs_share": round(part.head_macs / graph.total_macs, 3), "nodes": len(nodes),
                             "predicted_ms": round(predicted, 4), "measured_ms": round(ms, 4), "rel_error": round(abs(predicted - ms) / ms, 4),
                             "measured_rounds_ms": rounds}
+                    if uncalibrated is not None:
+                        case["predicted_uncalibrated_ms"] = round(uncalibrated.nodes_ms(graph.node(n) for n in nodes), 4)
                     result["cases"].append(case)
                     print(f"{tag:>9} {name:<14} {cut:<24} {half}: predicted {predicted:9.3f} ms, measured {ms:9.3f} ms "
                           f"({predicted / ms:.2f}x)", file=sys.stderr, flush=True)
@@ -208,9 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     for quota in quotas:
         e = [c["rel_error"] for c in result["cases"] if c["quota"] == quota]
         r = [c["predicted_ms"] / c["measured_ms"] for c in result["cases"] if c["quota"] == quota]
-        result["by_quota"]["full" if quota is None else f"{quota:g}"] = {
+        result["by_quota"]["full" if quota is None else f"{quota:g}"] = summary = {
             "median_rel_error": round(statistics.median(e), 4), "max_rel_error": round(max(e), 4),
             "geomean_predicted_over_measured": round(math.exp(statistics.fmean(math.log(x) for x in r)), 4)}
+        old = [(c["predicted_uncalibrated_ms"], c["measured_ms"]) for c in result["cases"] if c["quota"] == quota and "predicted_uncalibrated_ms" in c]
+        if old:  # the same halves predicted by the profile before its recalibration
+            e = [abs(p - m) / m for p, m in old]
+            summary["uncalibrated"] = {"median_rel_error": round(statistics.median(e), 4), "max_rel_error": round(max(e), 4),
+                                       "geomean_predicted_over_measured": round(math.exp(statistics.fmean(math.log(p / m) for p, m in old)), 4)}
     result["targets"] = {"median_rel_error": 0.10, "max_rel_error": 0.25}
     result["wall_s"] = round(time.time() - started, 1)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

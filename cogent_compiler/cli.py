@@ -145,6 +145,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--rpc", metavar="HOST:PORT:KEY", help="compile here but time on a board through a TVM RPC tracker at HOST:PORT, on a runner "
                        "registered with key KEY (python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY on the board); needed for arm and cuda")
         p.add_argument("--only", metavar="OPS", help="measure only these op kinds, e.g. conv2d,linear")
+        p.add_argument("--recalibrate", action="store_true", help="time again only the profile's reference networks (a minute or two) and refit "
+                       "how its layers add up to a whole network: run it before planning when the profile is old or the machine's speed may "
+                       "have changed (other load, a VM's neighbours, heat); the layers stay as measured")
         _add_output_args(p, "print a summary as JSON on stdout")
         return p
     if command == "tune":
@@ -413,9 +416,11 @@ def _cmd_profile(args: argparse.Namespace, say: _Progress) -> int:
         return _profile_link(args, say)
     rpc = _parse_rpc(args.rpc) if args.rpc else None
     budget = parse_duration(args.budget, default_unit="s")
+    if args.recalibrate and args.only:
+        raise CogentError("--recalibrate times the reference networks again and --only picks layers to measure; give one of them")
     layers = reference_layers(t.strip() for t in args.only.split(",") if t.strip()) if args.only else None
     profile = measure_profile(args.target, args.output, budget_s=budget, cpu_quota=args.cpu_quota, threads=args.threads,
-                              layers=layers, progress=lambda msg: say("profile", msg), rpc=rpc)
+                              layers=layers, progress=lambda msg: say("profile", msg), rpc=rpc, recalibrate=args.recalibrate)
     summary = {"profile": args.output, "target": profile.target, "samples": len(profile.samples), "cpu_quota": profile.cpu_quota,
                "threads": profile.threads, "fits": {k: {"samples": v["samples"], "median_rel_err": v.get("median_rel_err")} for k, v in profile.fits.items()}}
     if args.json:

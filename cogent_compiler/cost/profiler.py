@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -588,12 +589,17 @@ def measure_profile(
     layers: Sequence[LayerSpec] | None = None,
     progress: Progress | None = None,
     rpc: RPCSpec | None = None,
+    recalibrate: bool = False,
 ) -> Profile:
     """Measure ``layers`` (default ``reference_layers()``) for ``target`` into the profile file ``out``.
 
     Resumes ``out`` when it holds a profile of the same target, quota and
     threads (refuses another profile there).  Returns the profile written,
-    fitted.  ``rpc``: time on that tracker's runner (``RemoteWorker``) instead
+    fitted.  ``recalibrate``: time again only the reference networks of the
+    profile already in ``out`` (``reference_nets``), replacing their samples,
+    so the ``graph`` fit re-anchors the layers' shape of cost to the machine's
+    speed now; each network's new time over its old is recorded in
+    ``machine["recalibrated"]``.  ``rpc``: time on that tracker's runner (``RemoteWorker``) instead
     of here; it takes no ``cpu_quota`` or ``threads`` (the runner's runtime
     sets its threads).  Raises ``ProfileError`` for targets this machine cannot
     measure without ``rpc``, a quota without root, an unreachable tracker or
@@ -649,10 +655,22 @@ def measure_profile(
             profile = replace(old, machine={**_cpu_facts(tvm_target_for(spec)), **old.machine}) if _same_cpu(old.machine, remote_info) else old
             say(f"resuming {out}: {len(old.samples)} samples kept")
     tvm_target = tvm_target_for(spec)
-    if profile is None:
-        profile = _new_profile(spec.label, tvm_target, threads, cpu_quota, remote_info)
-    todo = [s for s in layers if s.key not in profile.keys]
-    say(f"{len(todo)} of {len(layers)} reference layers to measure on {spec.label}{f' through {rpc.host}:{rpc.port}:{rpc.key}' if rpc else ''} "
+    if recalibrate:
+        if profile is None:
+            raise ProfileError(f"--recalibrate: {out} holds no profile this compiler can recalibrate; measure one first with "
+                               f"`cogentc profile --target {target} -o {out}`" + (f" --cpu-quota {cpu_quota}" if cpu_quota is not None else ""))
+        before = {s.key: s.wall_ms for s in profile.samples if s.op == GRAPH and s.wall_ms}
+        todo = [s for s in layers if s.kind == GRAPH and s.key in before]
+        ratios: dict[str, float] = {}
+        if not todo:
+            raise ProfileError(f"--recalibrate: {out} has no reference network to time again; measure them with "
+                               f"`cogentc profile --target {target} --only graph -o {out}`")
+    else:
+        if profile is None:
+            profile = _new_profile(spec.label, tvm_target, threads, cpu_quota, remote_info)
+        todo = [s for s in layers if s.key not in profile.keys]
+    what = f"recalibrating {out}: {len(todo)} reference networks to time again" if recalibrate else f"{len(todo)} of {len(layers)} reference layers to measure"
+    say(f"{what} on {spec.label}{f' through {rpc.host}:{rpc.port}:{rpc.key}' if rpc else ''} "
         f"({threads} thread{'s' if threads > 1 else ''}{f', CPU quota {cpu_quota}' if cpu_quota is not None else ''}; budget {budget_s:.0f}s)")
     worker = remote or _Worker(threads, cpu_quota)
     measured = failed = 0
@@ -674,7 +692,13 @@ def measure_profile(
                     continue
                 measured += 1
                 # saved unfitted (fitting takes about a second): the loader fits a profile that has no fits
-                profile = replace(profile.with_samples((*profile.samples, sample)), fits={})
+                kept = tuple(s for s in profile.samples if s.key != sample.key)  # a recalibrated network replaces its old sample
+                profile = replace(profile.with_samples((*kept, sample)), fits={})
+                if recalibrate:
+                    ratios[sample.key] = round(float(sample.wall_ms or 0.0) / before[sample.key], 4)
+                    profile = replace(profile, machine={**profile.machine, "recalibrated": {
+                        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "now_over_before": dict(ratios),
+                        "median": round(statistics.median(ratios.values()), 4)}})
                 save_profile(profile, out)
                 call = f"; call {sample.wall_ms:.4f} ms" if sample.wall_ms is not None else " added to the convolution"
                 say(f"[{i + 1}/{len(todo)}] {layer.key}: {sample.ms:.4f} ms ({sample.runs} runs{call})")
@@ -684,5 +708,8 @@ def measure_profile(
         raise ProfileError(f"{out}: no layer could be measured ({failed} failed); see the messages above")
     profile = fit_profile(profile)
     save_profile(profile, out)
+    if recalibrate and measured:
+        r = profile.machine["recalibrated"]
+        say(f"reference networks now run at {r['median']}x their time before (median of {len(r['now_over_before'])}); the graph fit is refitted to them")
     say(f"wrote {out}: {len(profile.samples)} samples ({measured} new), fits for {', '.join(profile.fits)} in {time.monotonic() - t0:.0f}s")
     return profile

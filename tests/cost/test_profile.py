@@ -458,6 +458,40 @@ def test_cli_profile_on_a_small_budget_resumes(tmp_path, capsys):
     assert again.schedule_rules == SCHEDULE_RULES and again.samples and all(x.ms < 1e6 for x in again.samples)
 
 
+@pytest.mark.slow
+def test_recalibrate_times_the_reference_networks_again_and_refits_the_whole_call(tmp_path, capsys):
+    """A profile whose reference network ran 2x slower when measured (doctored here) is re-anchored by --recalibrate."""
+    out = tmp_path / "fc.json"
+    layers = [LayerSpec("linear", c, o) for c, o in ((512, 512), (1024, 1024), (2048, 1000), (2048, 2048))] + [LayerSpec(GRAPH, 0, net="fc")]
+    measure_profile("llvm", out, budget_s=300, layers=layers, threads=1)
+    profile = load_profile(out)
+    fc = next(s for s in profile.samples if s.op == GRAPH)
+    save_profile(replace(profile.with_samples(tuple(replace(s, wall_ms=2 * s.wall_ms) if s.op == GRAPH else s for s in profile.samples)),
+                         fits={}), out)
+    nodes = [Node.from_json(d) for d in fc.attrs["nodes"]]
+    slow = ProfileComputeModel.from_file("device", out).nodes_ms(nodes)
+    assert slow == pytest.approx(2 * fc.wall_ms, rel=0.05)  # one network: the whole-call fit reproduces its time
+
+    assert main(["profile", "--target", "llvm", "-o", str(out), "--threads", "1", "--recalibrate", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == len(layers)
+    again = load_profile(out)
+    ratio = again.machine["recalibrated"]["now_over_before"]["graph fc"]
+    assert ratio < 0.8 and again.machine["recalibrated"]["median"] == ratio  # about 0.5, on a noisy shared machine
+    # the layers are kept as measured; only the network's sample is new
+    assert [(s.key, s.ms) for s in again.samples if s.op != GRAPH] == [(s.key, s.ms) for s in profile.samples if s.op != GRAPH]
+    (new_fc,) = [s for s in again.samples if s.op == GRAPH]
+    assert new_fc.wall_ms == pytest.approx(ratio * 2 * fc.wall_ms, rel=1e-3)
+    assert ProfileComputeModel.from_file("device", out).nodes_ms(nodes) == pytest.approx(new_fc.wall_ms, rel=0.05) and new_fc.wall_ms < 0.8 * slow
+
+
+def test_recalibrate_needs_a_profile_and_takes_no_only(capsys, tmp_path):
+    for extra, needle in (([], "measure one first with `cogentc profile --target llvm -o"), (["--only", "relu"], "give one of them")):
+        assert main(["profile", "-o", str(tmp_path / "x.json"), "-q", "--recalibrate", *extra]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("cogentc: error:") and needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_cli_profile_refuses_what_it_cannot_measure(capsys, tmp_path):
     for extra, needle in ((["--target", "arm"], "needs --rpc"), (["--target", "cuda"], "needs --rpc"),
                           (["--rpc", "board:9190"], "HOST:PORT:KEY"), (["--only", "lstm"], "lstm")):
