@@ -15,7 +15,8 @@ fine-tune per plan, cached; the accuracy budget is 1 point of top-1).
 ``rl``: one TD3 policy per model, trained over ranges of bandwidth, RTT,
 edge load and device speed, then asked for each case's conditions (its
 answer: the faster of the actor's rollout and the plans it measured in
-training, priced for the case -- ``LearnedPolicy.answer``; ``rl_rollout``
+training, the fastest of them stretched to the budget's edge at the end --
+``rl.polish``, ``--polish-attempts`` -- priced for the case -- ``LearnedPolicy.answer``; ``rl_rollout``
 is the actor's rollout alone, to show what the learning is worth, its
 shape repaired into the budget, or with ``--stretch-attempts`` also stretched, as training fits every plan --
 ``PruneCutEnv``); a plan
@@ -104,7 +105,7 @@ def run_model(name: str, args: argparse.Namespace, compute: tuple[Any, Any], say
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="cogent-policy-") as tmp:
         cfg = dataclasses.replace(default_config(args.rl_steps, seed=args.seed), uniform_warmup=args.uniform_warmup,
-                                  stretch_attempts=args.stretch_attempts)
+                                  stretch_attempts=args.stretch_attempts, polish_attempts=args.polish_attempts)
         policy = train_policy(space, cfg, Path(tmp) / "policy.zip", ranges=ranges,
                               callback=lambda step, r: say(f"{name}: step {step}/{args.rl_steps}, mean reward {r:.3f}") or True)
     train_s, train_evals = time.time() - t0, oracle.evaluations
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stretch-attempts", type=int, default=AgentConfig.stretch_attempts,
                    help="measurements training spends stretching each plan within the budget towards its edge "
                         f"(default {AgentConfig.stretch_attempts}: none; PruneCutEnv)")
+    p.add_argument("--polish-attempts", type=int, default=AgentConfig.polish_attempts,
+                   help="measurements after training that stretch the fastest measured plan to the budget's edge "
+                        f"(default {AgentConfig.polish_attempts}; 0: none; rl.polish)")
     p.add_argument("--smoke", action="store_true", help="vgg_digits, 2 conditions, 200 training and 60 TD3 steps, 30-step checks, flags-only compute")
     p.add_argument("-o", "--output", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
@@ -223,7 +227,7 @@ def _result(args: argparse.Namespace, argv: list[str] | None, profiles: dict[str
         "setup": {"profiles": profiles, "max_drop": args.max_drop, "rl_steps": args.rl_steps, "train_steps": args.train_steps,
                   "agent": "default_config(rl_steps): TD3, warm-up min(300, max(50, rl_steps // 6)) steps, a share of its episodes one ratio "
                            "for every group, 4 gradient steps per step", "uniform_warmup": args.uniform_warmup,
-                  "stretch_attempts": args.stretch_attempts,
+                  "stretch_attempts": args.stretch_attempts, "polish_attempts": args.polish_attempts,
                   "oracle_finetune_steps": args.oracle_steps, "val_samples": args.val_samples, "seed": args.seed,
                   "validate_finetune_steps": args.validate_steps,
                   "budget": "every baseline gets, per case, as many evaluated plans as the policy measured in training (plus its repairs)"},

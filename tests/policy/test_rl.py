@@ -20,7 +20,7 @@ from cogent_compiler.frontend import from_module, trace
 from cogent_compiler.passes import FoldBatchNorm, prune_groups_of
 from cogent_compiler.passes.prune_groups import PruneAnalysis
 from cogent_compiler.policy.env import PruneCutEnv
-from cogent_compiler.policy.rl import AgentConfig, LearnedPolicy, measured_plans, train_policy
+from cogent_compiler.policy.rl import AgentConfig, LearnedPolicy, measured_plans, polish, train_policy
 from cogent_compiler.policy.space import AccuracyOracle, ConditionRanges, Conditions, PlanSpace
 
 
@@ -115,6 +115,32 @@ def test_training_stretches_plans_when_configured(tmp_path, digits_space):
     plans = [dict(k) for k in oracle.cache if k]
     tops = [p for p in plans if max(p.values()) == pytest.approx(space.max_ratio)]
     assert len(tops) >= 5 and len(plans) <= 2 * len(tops)  # per episode: the plan asked for, then its stretch to the bound
+
+
+def test_polish_stretches_the_fastest_measured_plan_to_the_budgets_edge(digits_space):
+    oracle = AccuracyOracle(digits_space.graph, digits_space.data, finetune_steps=0, val_samples=200)
+    space = dataclasses.replace(digits_space, accuracy=oracle)
+    a, b = space.groups
+    max_drop = oracle.baseline - oracle({a: 0.5, b: 0.5})
+    small, skewed = {a: 0.1, b: 0.1}, {a: 0.05, b: 0.2}
+    for plan in (small, skewed):
+        assert space.feasible(plan, Conditions(max_drop=max_drop))[0], "both plans should be within a budget of uniform 0.5"
+    assert polish(space, max_drop, 0) == {}
+    measured = [p for p, _ in measured_plans(space, max_drop)]  # uniform 0.5 among them
+    before = oracle.evaluations
+    polished = polish(space, max_drop, 6)
+    assert oracle.evaluations - before <= 6
+    device_only = tuple(space.graph.outputs)
+
+    def price(plan):
+        return space.price(plan, device_only, Conditions()).total_ms
+
+    start = min(measured, key=price)  # the fastest on the device
+    # the same shape scaled up by one factor (each ratio at most the bound), within the budget, and among the measured plans
+    k = polished[b] / start[b] if polished[b] < space.max_ratio else polished[a] / start[a]
+    assert k >= 1.0 and all(polished[g] == pytest.approx(min(start[g] * k, space.max_ratio)) for g in (a, b))
+    assert space.feasible(polished, Conditions(max_drop=max_drop))[0] and price(polished) <= price(start)
+    assert dict(oracle.key(polished)) in [p for p, _ in measured_plans(space, max_drop)]  # the oracle keeps ratios on its grid
 
 
 def _cut_only_space() -> PlanSpace:
