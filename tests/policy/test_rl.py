@@ -200,9 +200,20 @@ def test_the_answer_is_the_faster_of_the_rollout_and_the_plans_measured_within_t
     priced = [space.best_cut(r, c)[1].total_ms for r, d in loaded.plans if d <= c.max_drop] + [info["rollout"]["latency_ms"]]
     assert info["latency_ms"] == pytest.approx(min(priced)) and space.best_cut(ratios, c)[0] == cut
     assert info["source"] == ("rollout" if info["latency_ms"] == info["rollout"]["latency_ms"] else "measured plan")
-    # a budget no measured plan fits leaves the rollout
+    # a budget no measured plan fits leaves the rollout, unless a plan it prunes more than was over the budget
     _, _, strict = loaded.answer(space, Conditions(bandwidth_mbps=0.5, max_drop=-1.0))
-    assert strict["source"] == "rollout" and strict["ratios"] == strict["rollout"]["ratios"]
+    if strict["rollout"]["over_budget"]:
+        assert strict["source"] == "unpruned" and strict["ratios"] == {}
+    else:
+        assert strict["source"] == "rollout" and strict["ratios"] == strict["rollout"]["ratios"]
+    # the plans over the budget travel in the file: the least pruned of them
+    assert loaded.over == policy.over and all(d > 0.01 for _, d in loaded.over)
+    assert not any(p is not q and all(p.get(g, 0.0) >= r for g, r in q.items()) for p, _ in loaded.over for q, _ in loaded.over)
+    # a rollout that prunes every group at least as much as a plan measured over the budget is not answered
+    nothing_fits = dataclasses.replace(loaded, over=(({a: 0.0, b: 0.0}, 1.0),))
+    ratios, cut, info = nothing_fits.answer(space, c)
+    fits = [space.best_cut(r, c)[1].total_ms for r, d in loaded.plans if d <= c.max_drop] + [space.best_cut({}, c)[1].total_ms]
+    assert info["rollout"]["over_budget"] and info["source"] in ("measured plan", "unpruned") and info["latency_ms"] == pytest.approx(min(fits))
 
 
 def test_the_warm_up_explores_plans_that_prune_every_group_alike(tmp_path, digits_space):
