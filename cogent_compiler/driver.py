@@ -441,7 +441,8 @@ def rl_stage(space: Any, graph: Graph, options: CompileOptions, c: Any,
             say("rl", f"trained in {policy.info['train_s']:.0f}s ({policy.info['accuracy_evaluations']} plans measured for accuracy); "
                 f"saved {path}")
     ratios, cut, info = policy.answer(space, c)
-    origin = "the actor's rollout" if info["source"] == "rollout" else "a plan measured in training"
+    origin = {"rollout": "the actor's rollout", "measured plan": "a plan measured in training",
+              "unpruned": "no pruning (its rollout prunes more than a plan measured over the budget, and no measured plan fits)"}[info["source"]]
     say("rl", f"answered in {info['answer_ms']:.1f} ms with {origin}: {sum(1 for r in ratios.values() if r > 0)} groups pruned, cut at "
         f"{', '.join(cut)} (predicted {info['latency_ms']:.1f} ms; the rollout alone {info['rollout']['latency_ms']:.1f} ms)")
     return ratios, cut, {"answer_ms": info["answer_ms"], "source": info["source"], "policy": options.policy or str(path), "conditions": c.to_json(),
