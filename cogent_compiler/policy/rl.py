@@ -354,13 +354,18 @@ class LearnedPolicy:
                    dict(doc.get("info", {})), plans, over)
 
 
+def _measured(space: PlanSpace) -> list[tuple[dict[str, float], float]]:
+    """Every pruned plan the accuracy oracle measured: (ratios, top-1 drop)."""
+    oracle = space.accuracy
+    if oracle is None:
+        return []
+    return [(dict(key), round(oracle.baseline - acc, 6)) for key, acc in oracle.cache.items() if key]
+
+
 def over_budget_plans(space: PlanSpace, max_drop: float) -> tuple[tuple[dict[str, float], float], ...]:
     """The plans the accuracy oracle measured with a drop over ``max_drop``, less those that prune every group at least as much
     as another of them (what they say, that one says already)."""
-    oracle = space.accuracy
-    if oracle is None:
-        return ()
-    over = [(dict(key), round(oracle.baseline - acc, 6)) for key, acc in oracle.cache.items() if key and oracle.baseline - acc > max_drop]
+    over = [p for p in _measured(space) if p[1] > max_drop]
 
     def implied(a: tuple[dict[str, float], float]) -> bool:
         return any(b[0] != a[0] and all(a[0].get(g, 0.0) >= r for g, r in b[0].items()) for b in over)
@@ -374,10 +379,7 @@ def measured_plans(space: PlanSpace, max_drop: float) -> tuple[tuple[dict[str, f
     loses no more accuracy: under any conditions it is at least as fast
     (less compute everywhere, smaller tensors to send) and as accurate.
     """
-    oracle = space.accuracy
-    if oracle is None:
-        return ()
-    fits = [(dict(key), round(oracle.baseline - acc, 6)) for key, acc in oracle.cache.items() if key and oracle.baseline - acc <= max_drop]
+    fits = [p for p in _measured(space) if p[1] <= max_drop]
 
     def beaten(a: tuple[dict[str, float], float]) -> bool:
         return any(b is not a and b[1] <= a[1] and all(b[0].get(g, 0.0) >= r for g, r in a[0].items())
