@@ -130,6 +130,13 @@ def machine_drift(model: Any, worker: Any, work: Path, quota: bool) -> dict[str,
     return {"now_over_profile": nets, "median": round(statistics.median(nets.values()), 3) if nets else None}
 
 
+def _errors(pairs: list[tuple[float, float]]) -> dict[str, float]:
+    """Median and largest relative error, and the geometric mean of predicted over measured, of (predicted, measured) pairs."""
+    e = [abs(p - m) / m for p, m in pairs]
+    return {"median_rel_error": round(statistics.median(e), 4), "max_rel_error": round(max(e), 4),
+            "geomean_predicted_over_measured": round(math.exp(statistics.fmean(math.log(p / m) for p, m in pairs)), 4)}
+
+
 def loo_error(model: Any) -> dict[str, float]:
     rel = [abs(p - s.ms) / s.ms for s, p in model.leave_one_out()]
     return {"median": round(statistics.median(rel), 4), "p90": round(sorted(rel)[int(0.9 * (len(rel) - 1))], 4), "samples": len(rel)}
@@ -222,16 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     result["max_rel_error"] = round(max(errors), 4)
     result["by_quota"] = {}
     for quota in quotas:
-        e = [c["rel_error"] for c in result["cases"] if c["quota"] == quota]
-        r = [c["predicted_ms"] / c["measured_ms"] for c in result["cases"] if c["quota"] == quota]
-        result["by_quota"]["full" if quota is None else f"{quota:g}"] = summary = {
-            "median_rel_error": round(statistics.median(e), 4), "max_rel_error": round(max(e), 4),
-            "geomean_predicted_over_measured": round(math.exp(statistics.fmean(math.log(x) for x in r)), 4)}
-        old = [(c["predicted_uncalibrated_ms"], c["measured_ms"]) for c in result["cases"] if c["quota"] == quota and "predicted_uncalibrated_ms" in c]
-        if old:  # the same halves predicted by the profile before its recalibration
-            e = [abs(p - m) / m for p, m in old]
-            summary["uncalibrated"] = {"median_rel_error": round(statistics.median(e), 4), "max_rel_error": round(max(e), 4),
-                                       "geomean_predicted_over_measured": round(math.exp(statistics.fmean(math.log(p / m) for p, m in old)), 4)}
+        cases = [c for c in result["cases"] if c["quota"] == quota]
+        summary = result["by_quota"]["full" if quota is None else f"{quota:g}"] = _errors([(c["predicted_ms"], c["measured_ms"]) for c in cases])
+        if any("predicted_uncalibrated_ms" in c for c in cases):  # the same halves predicted by the profile before its recalibration
+            summary["uncalibrated"] = _errors([(c["predicted_uncalibrated_ms"], c["measured_ms"]) for c in cases])
     result["targets"] = {"median_rel_error": 0.10, "max_rel_error": 0.25}
     result["wall_s"] = round(time.time() - started, 1)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
