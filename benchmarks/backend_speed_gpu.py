@@ -56,8 +56,8 @@ def gpu() -> dict[str, Any] | None:
             "memory_gib": round(props.total_memory / 2**30, 1), "torch": torch.__version__, "torch_cuda": torch.version.cuda}
 
 
-def compile_cuda(name: str, arch: str, folder: Path) -> dict[str, Any]:
-    """Compile ``name`` for ``cuda:<arch>`` into ``folder``; the row's compile facts."""
+def compile_cuda(name: str, arch: str, folder: Path) -> tuple[dict[str, Any], Any]:
+    """Compile ``name`` for ``cuda:<arch>`` into ``folder``: (the row's compile facts, the ``CompiledModule``)."""
     from cogent_compiler.backends import resolve_target
     from cogent_compiler.backends.pipeline import stages_for
     from cogent_compiler.backends.tvm_backend import compile_program
@@ -67,7 +67,7 @@ def compile_cuda(name: str, arch: str, folder: Path) -> dict[str, Any]:
     graph = benchmark_graph(name, INPUT_SHAPE)
     compiled = compile_program(graph.source, "torch", target, folder, name=name)
     return {"model": name, "gmacs": round(graph.total_macs / 1e9, 3), "compile_s": round(time.perf_counter() - t, 1),
-            "fatbins": len(compiled.kernels), "stages": list(stages_for(target.tvm_target())), "_compiled": compiled}
+            "fatbins": len(compiled.kernels), "stages": list(stages_for(target.tvm_target()))}, compiled
 
 
 def tvm_cuda_runner(folder: Path, kernels: tuple[str, ...], x: np.ndarray) -> tuple[Any, Any]:
@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for name in names:
         with tempfile.TemporaryDirectory(prefix="cogent-gpu-") as tmp:
-            row = compile_cuda(name, arch, Path(tmp))
-            compiled = row.pop("_compiled")
+            row, compiled = compile_cuda(name, arch, Path(tmp))
             print(f"[{time.perf_counter() - t0:6.1f}s] {name}: compiled for cuda:{arch} in {row['compile_s']} s, "
                   f"{row['fatbins']} fatbin(s)", file=sys.stderr, flush=True)
             if device is not None and not args.compile_only:
