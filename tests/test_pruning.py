@@ -153,3 +153,20 @@ def test_a_repair_bisects_the_scale_of_the_ratios():
     assert bisect_scale(up_to(3.0), 4, top=2.0) == 2.0 and tried == [1.0, 2.0]
     tried.clear()
     assert bisect_scale(up_to(0.6), 4, top=2.0) == 0.5 and tried == [1.0, 0.5, 0.75, 0.625]  # top changes nothing below 1
+
+
+def test_a_drop_of_exactly_the_budget_fits(digits_graph):
+    """0.995 - 0.985 is 0.010000000000000009 in floats: a 1-point budget must still accept a 1-point drop (2 of 200 samples)."""
+    from cogent_compiler.accuracy import prune_within_budget
+    from cogent_compiler.accuracy.budget import within_budget
+
+    graph, _ = digits_graph
+    calls = []
+
+    def top1(module):  # the user's own evaluation: 199/200 before pruning, 197/200 after
+        calls.append(module)
+        return 0.995 if len(calls) == 1 else 0.985
+
+    _, report = prune_within_budget(graph, {"0": 0.25}, top1, 0.01)
+    assert report.status == "accepted" and report.drop > 0.01 and [a["scale"] for a in report.attempts] == [1.0]
+    assert within_budget(0.995 - 0.985, 0.01) and not within_budget(0.995 - 0.98, 0.01)

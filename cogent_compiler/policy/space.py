@@ -241,9 +241,11 @@ class PlanSpace:
 
     def feasible(self, ratios: Mapping[str, float], c: Conditions) -> tuple[bool, float | None]:
         """(within the accuracy budget, top-1); no ratios is always feasible."""
+        from cogent_compiler.accuracy.budget import within_budget
+
         if not any(v > 0 for v in ratios.values()):
             return True, self.accuracy.baseline if self.accuracy is not None else None
         if self.accuracy is None:
             return False, None
         acc = self.accuracy(ratios)
-        return self.accuracy.baseline - acc <= c.max_drop, acc
+        return within_budget(self.accuracy.baseline - acc, c.max_drop), acc
