@@ -212,9 +212,18 @@ class LatencyModel:
         if partition.device_only:
             return Latency(device_ms, 0.0, 0.0)
         edge_ms = self.edge.nodes_ms(g.node(n) for n in partition.tail_nodes) * self.edge_load
-        up_ms = sum(self.send_ms(g.tensors[n]) for n in partition.sent)
-        transfer_ms = up_ms + self.link.transfer_ms(0, partition.returned_bytes)
-        return Latency(device_ms, transfer_ms, edge_ms)
+        return Latency(device_ms, self.transfer_ms(partition), edge_ms)
+
+    def transfer_ms(self, partition: Partition) -> float:
+        """The link's share of ``estimate``: the sent tensors in their wire dtypes, the returned ones, one round trip.
+
+        Cheap beside the compute (no half is priced), so a planner can rule a
+        cut out when this alone exceeds the best plan it has (``PlanSpace.best_cut``).
+        """
+        if partition.device_only:
+            return 0.0
+        g = partition.graph
+        return sum(self.send_ms(g.tensors[n]) for n in partition.sent) + self.link.transfer_ms(0, partition.returned_bytes)
 
     def to_json(self) -> dict[str, Any]:
         return {"device": self.device.to_json(), "edge": self.edge.to_json(), "link": self.link.to_json(), "edge_load": self.edge_load,

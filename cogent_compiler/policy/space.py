@@ -218,9 +218,25 @@ class PlanSpace:
         return self.model(c).estimate(partition_at(self.pruned(ratios), tuple(cut)))
 
     def best_cut(self, ratios: Mapping[str, float], c: Conditions) -> tuple[tuple[str, ...], Latency]:
-        """The fastest candidate cut for ``ratios`` under ``c`` (what the baselines pair their ratios with)."""
+        """The fastest candidate cut for ``ratios`` under ``c`` (what the baselines pair their ratios with).
+
+        Device-only is priced first; a cut whose transfer alone takes longer
+        than the fastest plan priced so far is not priced (its total can only
+        be larger): the compute estimates are most of the time an answer takes.
+        """
         model, graph = self.model(c), self.pruned(ratios)
-        scored = [(cut, model.estimate(partition_at(graph, cut))) for cut in self.cuts]
+        parts = [partition_at(graph, cut) for cut in self.cuts]
+        priced = {i: model.estimate(p) for i, p in enumerate(parts) if p.device_only}
+        best = min((latency.total_ms for latency in priced.values()), default=math.inf)
+        scored = []
+        for i, (cut, part) in enumerate(zip(self.cuts, parts)):
+            latency = priced.get(i)
+            if latency is None:
+                if model.transfer_ms(part) > best:
+                    continue
+                latency = model.estimate(part)
+                best = min(best, latency.total_ms)
+            scored.append((cut, latency))
         return min(scored, key=lambda s: s[1].total_ms)
 
     def repair(self, ratios: Mapping[str, float], c: Conditions, attempts: int, *, stretch: bool = False) -> dict[str, float]:

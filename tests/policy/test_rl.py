@@ -362,3 +362,29 @@ def test_the_ratio_bound_and_the_candidates_fine_tune_are_options(tmp_path, monk
         assert main(["plan", *common, flag, value]) != 0
         err = capsys.readouterr().err
         assert f"{flag} {value}" in err and words in err and "Traceback" not in err
+
+
+def test_best_cut_skips_only_cuts_that_cannot_win(digits_space):
+    """The transfer bound leaves best_cut's answer as pricing every candidate gives it, and prices fewer where the link is slow."""
+    from cogent_compiler.passes.partition import partition_at
+
+    space = digits_space
+    priced = []
+    model_cls = type(space.model(Conditions()))
+    estimate = model_cls.estimate
+    for ratios in ({}, {g: 0.3 for g in space.groups}, {space.groups[0]: 0.6}):
+        for bw, rtt, scale in ((0.5, 20.0, 1.0), (5.0, 10.0, 1.0), (100.0, 1.0, 0.5), (1000.0, 0.5, 4.0)):
+            c = Conditions(bandwidth_mbps=bw, rtt_ms=rtt, device_scale=scale)
+            model, graph = space.model(c), space.pruned(ratios)
+            every = [(cut, model.estimate(partition_at(graph, cut))) for cut in space.cuts]
+            want = min(every, key=lambda s: s[1].total_ms)
+            calls = []
+            model_cls.estimate = lambda self, part: calls.append(part) or estimate(self, part)
+            try:
+                got = space.best_cut(ratios, c)
+            finally:
+                model_cls.estimate = estimate
+            assert got == want
+            priced.append((bw, len(calls)))
+    assert all(n <= len(space.cuts) for _, n in priced)
+    assert any(n < len(space.cuts) for bw, n in priced if bw <= 5.0)  # at a slow link most cuts' transfer alone loses
