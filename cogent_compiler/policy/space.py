@@ -226,18 +226,13 @@ class PlanSpace:
         """
         model, graph = self.model(c), self.pruned(ratios)
         parts = [partition_at(graph, cut) for cut in self.cuts]
-        priced = {i: model.estimate(p) for i, p in enumerate(parts) if p.device_only}
-        best = min((latency.total_ms for latency in priced.values()), default=math.inf)
-        scored = []
-        for i, (cut, part) in enumerate(zip(self.cuts, parts)):
-            latency = priced.get(i)
-            if latency is None:
-                if model.transfer_ms(part) > best:
-                    continue
-                latency = model.estimate(part)
-                best = min(best, latency.total_ms)
-            scored.append((cut, latency))
-        return min(scored, key=lambda s: s[1].total_ms)
+        best, priced = math.inf, {}
+        for i in sorted(range(len(parts)), key=lambda i: not parts[i].device_only):  # device-only first: it sends nothing
+            if model.transfer_ms(parts[i]) <= best:
+                priced[i] = model.estimate(parts[i])
+                best = min(best, priced[i].total_ms)
+        first = min(priced, key=lambda i: (priced[i].total_ms, i))  # ties: the earlier candidate, as pricing them in order gives
+        return self.cuts[first], priced[first]
 
     def repair(self, ratios: Mapping[str, float], c: Conditions, attempts: int, *, stretch: bool = False) -> dict[str, float]:
         """``ratios`` scaled into the accuracy budget as the compile scales them (``bisect_scale``, ``attempts`` checks); {} if none fits.
