@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from cogent_compiler.accuracy.budget import within_budget
 from cogent_compiler.errors import PlanError
 from cogent_compiler.policy.env import OBS_SIZE, PruneCutEnv
 from cogent_compiler.policy.space import ConditionRanges, Conditions, PlanSpace
@@ -303,13 +304,13 @@ class LearnedPolicy:
         rollout = {"ratios": ratios, "cut": list(cut), "latency_ms": latency}
         # a rollout that prunes every group at least as much as a plan measured over the budget is over it too (pruning
         # more loses more): the compile would scale it down by bisection, far below the plans known to fit
-        known_over = any(drop > conditions.max_drop and all(ratios.get(g, 0.0) >= r for g, r in plan.items()) for plan, drop in self.over)
+        known_over = any(not within_budget(drop, conditions.max_drop) and all(ratios.get(g, 0.0) >= r for g, r in plan.items()) for plan, drop in self.over)
         if known_over:
             cut, priced = space.best_cut({}, conditions)
             ratios, latency, source = {}, priced.total_ms, "unpruned"
         rollout["over_budget"] = known_over
         for plan, drop in self.plans:
-            if drop <= conditions.max_drop:
+            if within_budget(drop, conditions.max_drop):
                 plan_cut, priced = space.best_cut(plan, conditions)
                 if priced.total_ms < latency:
                     ratios, cut, latency, source = dict(plan), plan_cut, priced.total_ms, "measured plan"
@@ -365,7 +366,7 @@ def _measured(space: PlanSpace) -> list[tuple[dict[str, float], float]]:
 def over_budget_plans(space: PlanSpace, max_drop: float) -> tuple[tuple[dict[str, float], float], ...]:
     """The plans the accuracy oracle measured with a drop over ``max_drop``, less those that prune every group at least as much
     as another of them (what they say, that one says already)."""
-    over = [p for p in _measured(space) if p[1] > max_drop]
+    over = [p for p in _measured(space) if not within_budget(p[1], max_drop)]
 
     def implied(a: tuple[dict[str, float], float]) -> bool:
         return any(b[0] != a[0] and all(a[0].get(g, 0.0) >= r for g, r in b[0].items()) for b in over)
@@ -379,7 +380,7 @@ def measured_plans(space: PlanSpace, max_drop: float) -> tuple[tuple[dict[str, f
     loses no more accuracy: under any conditions it is at least as fast
     (less compute everywhere, smaller tensors to send) and as accurate.
     """
-    fits = [p for p in _measured(space) if p[1] <= max_drop]
+    fits = [p for p in _measured(space) if within_budget(p[1], max_drop)]
 
     def beaten(a: tuple[dict[str, float], float]) -> bool:
         return any(b is not a and b[1] <= a[1] and all(b[0].get(g, 0.0) >= r for g, r in a[0].items())
