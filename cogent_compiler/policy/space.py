@@ -239,11 +239,17 @@ class PlanSpace:
 
         ``stretch`` scales a plan that fits *up* as well, as far as the
         budget and ``max_ratio`` allow: the plan's shape pushed to the edge.
+        Each ratio stops at ``max_ratio``; the bisection's ceiling is the scale
+        where the largest reaches it, or, when it is there already (a scale
+        that changes nothing), where the smallest does.
         """
         from cogent_compiler.accuracy.budget import bisect_scale
 
-        peak = max(ratios.values(), default=0.0)
-        top = self.max_ratio / peak if stretch and peak > 0 else 1.0
+        pruned = [r for r in ratios.values() if r > 0]
+        peak = max(pruned, default=0.0)
+        top = 1.0
+        if stretch and pruned:
+            top = self.max_ratio / peak if peak < self.max_ratio - 1e-9 else self.max_ratio / min(pruned)
 
         def scaled(k: float) -> dict[str, float]:
             return {g: min(r * k, self.max_ratio) if k > 1.0 else r * k for g, r in ratios.items()}

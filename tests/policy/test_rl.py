@@ -143,6 +143,18 @@ def test_polish_stretches_the_fastest_measured_plan_to_the_budgets_edge(digits_s
     assert dict(oracle.key(polished)) in [p for p, _ in measured_plans(space, max_drop)]  # the oracle keeps ratios on its grid
 
 
+def test_a_stretch_whose_largest_ratio_is_at_the_bound_grows_the_rest(digits_space):
+    """Scaling a plan whose largest ratio is already ``max_ratio`` changes nothing: the stretch then grows the smaller ones."""
+    a, b = digits_space.groups
+    top = digits_space.max_ratio
+    assert digits_space.repair({a: top, b: 0.1}, Conditions(max_drop=1.0), 3, stretch=True) == {a: top, b: pytest.approx(top)}
+    assert digits_space.repair({a: 0.1, b: 0.2}, Conditions(max_drop=1.0), 3, stretch=True) == {a: pytest.approx(top / 2), b: top}
+    # within a budget the plan asked for only just fits, the stretch keeps it, or grows it and still fits
+    c = Conditions(max_drop=digits_space.accuracy.baseline - digits_space.accuracy({a: top, b: 0.1}))
+    grown = digits_space.repair({a: top, b: 0.1}, c, 4, stretch=True)
+    assert grown[a] == top and grown[b] >= 0.1 and digits_space.feasible(grown, c)[0]
+
+
 def _cut_only_space() -> PlanSpace:
     """No data: nothing may be pruned, the policy chooses only the cut (device much slower than edge)."""
     from cogent_compiler.frontend import from_module as fm
