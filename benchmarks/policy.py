@@ -2,6 +2,7 @@
 
     python benchmarks/policy.py            # 3 digits CNNs x 4 conditions (uses the partition benchmark's profiles)
     python benchmarks/policy.py --smoke    # 1 model, 2 conditions, short training, flags-only compute (CI)
+    python benchmarks/policy.py --rl-episodes 67 --jobs 2   # training length per prune group; models in 2 processes
 
 For each model (``benchmarks/digits_models.py``: VGG-, ResNet- and
 MobileNet-style CNNs trained inside the benchmark on scikit-learn's digits at
@@ -44,7 +45,10 @@ and ``summary``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
+import functools
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -103,11 +107,13 @@ def run_model(name: str, args: argparse.Namespace, compute: tuple[Any, Any], say
     ranges = ConditionRanges(bandwidth_mbps=(1.0, 100.0), rtt_ms=(1.0, 20.0), edge_load=(1.0, 4.0), device_scale=(0.5, 2.0),
                              max_drop=(args.max_drop, args.max_drop))
     t0 = time.time()
+    # an episode is one step per prune group: --rl-episodes gives a model with more groups more steps, the same episodes
+    steps = args.rl_episodes * len(space.groups) if args.rl_episodes else args.rl_steps
     with tempfile.TemporaryDirectory(prefix="cogent-policy-") as tmp:
-        cfg = dataclasses.replace(default_config(args.rl_steps, seed=args.seed), uniform_warmup=args.uniform_warmup,
+        cfg = dataclasses.replace(default_config(steps, seed=args.seed), uniform_warmup=args.uniform_warmup,
                                   stretch_attempts=args.stretch_attempts, polish_attempts=args.polish_attempts)
         policy = train_policy(space, cfg, Path(tmp) / "policy.zip", ranges=ranges,
-                              callback=lambda step, r: say(f"{name}: step {step}/{args.rl_steps}, mean reward {r:.3f}") or True)
+                              callback=lambda step, r: say(f"{name}: step {step}/{steps}, mean reward {r:.3f}") or True)
     train_s, train_evals = time.time() - t0, oracle.evaluations
     say(f"{name}: policy trained in {train_s:.0f}s with {train_evals} plans measured")
     cases = []
@@ -120,7 +126,7 @@ def run_model(name: str, args: argparse.Namespace, compute: tuple[Any, Any], say
         cut, lat = space.best_cut(ratios, c)
         _, acc = space.feasible(ratios, c)
         rl = SearchResult("rl", ratios, cut, lat.total_ms, acc, train_evals + repair_evals, time.time() - t0)
-        methods = {"rl": {**rl.to_json(), "train_s": round(train_s, 1), "answer_ms": round(answer_ms, 3), "repair_evaluations": repair_evals,
+        methods = {"rl": {**rl.to_json(), "train_s": round(train_s, 1), "steps": steps, "answer_ms": round(answer_ms, 3), "repair_evaluations": repair_evals,
                           "source": info["source"], "measured_plans": len(policy.plans)}}
         methods["rl"]["validated"] = validated(answer, c)  # the compile checks the answer itself, not the oracle's repair of it
         # the actor alone, without the plans it measured in training: what the learning itself is worth; its shape fitted to the
@@ -159,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conditions", type=int, default=len(CONDITIONS), help=f"how many of the {len(CONDITIONS)} conditions (default all)")
     p.add_argument("--train-steps", type=int, default=1000, help="training steps of each CNN (default 1000)")
     p.add_argument("--rl-steps", type=int, default=1500, help="TD3 steps per model (default 1500)")
+    p.add_argument("--rl-episodes", type=int, default=0, metavar="N",
+                   help="TD3 episodes per model instead: N x its prune groups steps (default 0: --rl-steps)")
+    p.add_argument("--jobs", type=int, default=1, help="models measured at once, each in its own process (default 1)")
     p.add_argument("--oracle-steps", type=int, default=10, help="fine-tuning steps per plan the accuracy oracle measures (default 10)")
     p.add_argument("--val-samples", type=int, default=300, help="held-out digits the oracle evaluates on (default 300)")
     p.add_argument("--validate-steps", type=int, default=100,
@@ -187,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise SystemExit(f"--models {','.join(unknown)}: unknown; choose from {', '.join(MODELS)}")
+    if args.jobs < 1 or args.rl_episodes < 0:
+        raise SystemExit("--jobs must be at least 1 and --rl-episodes at least 0")
     from benchmarks.common import write_result
     from cogent_compiler.cost import ComputeModel
 
@@ -199,16 +210,39 @@ def main(argv: list[str] | None = None) -> int:
         dev, edge = load_profile_model("device", Path(args.device_profile)), load_profile_model("edge", Path(args.edge_profile))
         compute, profiles = (dev, edge), {"device": profile_info(dev), "edge": profile_info(edge)}
     t0 = time.time()
+    say = functools.partial(_say, t0)
+    done: dict[str, list[dict[str, Any]]] = {}
 
-    def say(msg: str) -> None:
-        print(f"[{time.time() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    cases: list[dict[str, Any]] = []
-    for name in models:
-        cases += run_model(name, args, compute, say)
+    def keep(name: str, found: list[dict[str, Any]]) -> None:
         # written after every model (``partial`` until the last): a long run stopped early keeps what it measured
-        write_result(args.output, _result(args, argv, profiles, cases, t0, partial=name != models[-1]))
+        done[name] = found
+        cases = [c for m in models if m in done for c in done[m]]
+        write_result(args.output, _result(args, argv, profiles, cases, t0, partial=len(done) < len(models)))
+
+    if args.jobs == 1:
+        for name in models:
+            keep(name, run_model(name, args, compute, say))
+        return 0
+    # the methods' latencies are predicted and their evaluations counted, so models sharing the CPUs change only wall_s
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_one_job_threads, initargs=(args.jobs,)) as pool:
+        running = {pool.submit(run_model, name, args, compute, say): name for name in models}
+        for future in concurrent.futures.as_completed(running):
+            keep(running[future], future.result())
     return 0
+
+
+def _say(t0: float, msg: str) -> None:
+    print(f"[{time.time() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def _one_job_threads(jobs: int) -> None:
+    """A worker's share of the CPUs, so that ``jobs`` processes do not oversubscribe them."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
 
 
 def _result(args: argparse.Namespace, argv: list[str] | None, profiles: dict[str, Any], cases: list[dict[str, Any]], t0: float,
@@ -224,8 +258,9 @@ def _result(args: argparse.Namespace, argv: list[str] | None, profiles: dict[str
         "command": "python benchmarks/policy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "note": "latencies are PREDICTED by the latency model on the pruned IR; accuracies are the oracle's (held-out digits after "
                 f"{args.oracle_steps} fine-tuning steps per plan)",
-        "setup": {"profiles": profiles, "max_drop": args.max_drop, "rl_steps": args.rl_steps, "train_steps": args.train_steps,
-                  "agent": "default_config(rl_steps): TD3, warm-up min(300, max(50, rl_steps // 6)) steps, a share of its episodes one ratio "
+        "setup": {"profiles": profiles, "max_drop": args.max_drop, "rl_steps": args.rl_steps, "rl_episodes": args.rl_episodes,
+                  "jobs": args.jobs, "train_steps": args.train_steps,
+                  "agent": "default_config(rl_steps, or rl_episodes x prune groups): TD3, warm-up min(300, max(50, rl_steps // 6)) steps, a share of its episodes one ratio "
                            "for every group, 4 gradient steps per step", "uniform_warmup": args.uniform_warmup,
                   "stretch_attempts": args.stretch_attempts, "polish_attempts": args.polish_attempts,
                   "oracle_finetune_steps": args.oracle_steps, "val_samples": args.val_samples, "seed": args.seed,
