@@ -59,9 +59,11 @@ def test_pruning_benchmark_smoke(tmp_path):
 
 def test_policy_benchmark_smoke(tmp_path):
     out = tmp_path / "policy.json"
-    result = _run("policy.py", out, "--smoke", "-o", str(out))
-    assert result["machine"]["cores"] and len(result["cases"]) == 2
+    # the training length per prune group, the model measured in a worker process
+    result = _run("policy.py", out, "--smoke", "--rl-episodes", "10", "--jobs", "2", "-o", str(out))
+    assert result["machine"]["cores"] and len(result["cases"]) == 2 and not result["partial"] and result["setup"]["jobs"] == 2
     for case in result["cases"]:
+        assert case["methods"]["rl"]["steps"] == 10 * 6  # vgg_digits has 6 prune groups
         assert set(case["methods"]) == {"rl", "rl_rollout", "uniform", "random", "optuna"}
         budget = case["budget"]  # the policy's measurements (training, repairs of its answer or of its rollout), given to each baseline
         assert budget >= max(case["methods"]["rl"]["evaluations"], case["methods"]["rl_rollout"]["evaluations"]) > 0
