@@ -126,8 +126,8 @@ def run_model(name: str, args: argparse.Namespace, compute: tuple[Any, Any], say
         cut, lat = space.best_cut(ratios, c)
         _, acc = space.feasible(ratios, c)
         rl = SearchResult("rl", ratios, cut, lat.total_ms, acc, train_evals + repair_evals, time.time() - t0)
-        methods = {"rl": {**rl.to_json(), "train_s": round(train_s, 1), "steps": steps, "answer_ms": round(answer_ms, 3), "repair_evaluations": repair_evals,
-                          "source": info["source"], "measured_plans": len(policy.plans)}}
+        methods = {"rl": {**rl.to_json(), "train_s": round(train_s, 1), "steps": steps, "answer_ms": round(answer_ms, 3),
+                          "repair_evaluations": repair_evals, "source": info["source"], "measured_plans": len(policy.plans)}}
         methods["rl"]["validated"] = validated(answer, c)  # the compile checks the answer itself, not the oracle's repair of it
         # the actor alone, without the plans it measured in training: what the learning itself is worth; its shape fitted to the
         # budget as training fitted every plan (repaired down; with --stretch-attempts also stretched up to the edge)
@@ -260,8 +260,8 @@ def _result(args: argparse.Namespace, argv: list[str] | None, profiles: dict[str
                 f"{args.oracle_steps} fine-tuning steps per plan)",
         "setup": {"profiles": profiles, "max_drop": args.max_drop, "rl_steps": args.rl_steps, "rl_episodes": args.rl_episodes,
                   "jobs": args.jobs, "train_steps": args.train_steps,
-                  "agent": "default_config(rl_steps, or rl_episodes x prune groups): TD3, warm-up min(300, max(50, rl_steps // 6)) steps, a share of its episodes one ratio "
-                           "for every group, 4 gradient steps per step", "uniform_warmup": args.uniform_warmup,
+                  "agent": "default_config(rl_steps, or rl_episodes x prune groups): TD3, warm-up min(300, max(50, rl_steps // 6)) steps, "
+                           "a share of its episodes one ratio for every group, 4 gradient steps per step", "uniform_warmup": args.uniform_warmup,
                   "stretch_attempts": args.stretch_attempts, "polish_attempts": args.polish_attempts,
                   "oracle_finetune_steps": args.oracle_steps, "val_samples": args.val_samples, "seed": args.seed,
                   "validate_finetune_steps": args.validate_steps,

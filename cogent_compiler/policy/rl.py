@@ -304,7 +304,8 @@ class LearnedPolicy:
         rollout = {"ratios": ratios, "cut": list(cut), "latency_ms": latency}
         # a rollout that prunes every group at least as much as a plan measured over the budget is over it too (pruning
         # more loses more): the compile would scale it down by bisection, far below the plans known to fit
-        known_over = any(not within_budget(drop, conditions.max_drop) and all(ratios.get(g, 0.0) >= r for g, r in plan.items()) for plan, drop in self.over)
+        known_over = any(not within_budget(drop, conditions.max_drop) and all(ratios.get(g, 0.0) >= r for g, r in plan.items())
+                         for plan, drop in self.over)
         if known_over:
             cut, priced = space.best_cut({}, conditions)
             ratios, latency, source = {}, priced.total_ms, "unpruned"
