@@ -263,7 +263,7 @@ def main() -> int:
                    f"accuracy measured; --models default {','.join(POLICY_MODELS)}; writes results/e2e-policy.json")
     p.add_argument("--rl-steps", type=int, default=600, help="--policy: TD3 steps per model's policy (cogentc --rl-steps; default 600)")
     p.add_argument("--finetune-steps", type=int, default=100, help="--policy: fine-tuning steps after pruning (cogentc --finetune-steps; default 100)")
-    p.add_argument("--max-prune-ratio", type=float, default=0.7, help="--policy: cogentc --max-prune-ratio (default 0.7)")
+    p.add_argument("--max-prune-ratio", type=float, default=0.9, help="--policy: cogentc --max-prune-ratio (default 0.9, as cogentc's)")
     p.add_argument("--search-finetune-steps", type=int, default=20, help="--policy: cogentc --search-finetune-steps (default 20)")
     p.add_argument("--max-drop", type=float, default=0.01, help="--policy: accuracy budget, a fraction of top-1 (default 0.01)")
     args = p.parse_args()

@@ -73,11 +73,15 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rl-steps", type=int, default=3000, metavar="N", help="--planner rl: TD3 training steps when a policy is trained (default 3000)")
     p.add_argument("--search-budget", type=int, default=60, metavar="N",
                    help="--planner optuna: plans to evaluate, each fine-tuned briefly and measured for accuracy (default 60)")
-    p.add_argument("--max-prune-ratio", type=float, default=0.7, metavar="F",
-                   help="--planner rl|optuna: the largest fraction of a group's channels a plan may remove (default 0.7)")
+    p.add_argument("--max-prune-ratio", type=float, default=0.9, metavar="F",
+                   help="--planner rl|optuna: the largest fraction of a group's channels a plan may remove (default 0.9; "
+                        "--max-accuracy-drop decides how far a plan goes)")
     p.add_argument("--search-finetune-steps", type=int, default=20, metavar="N",
                    help="--planner rl|optuna: fine-tuning steps each candidate gets before its accuracy is measured (default 20; more "
                         "judges aggressive pruning as the final fine-tune will, at that much more time per plan)")
+    p.add_argument("--no-stretch", dest="stretch", action="store_false",
+                   help="--planner rl|optuna: ship the chosen ratios as they are when they fit; by default the final accuracy check "
+                        "(the full fine-tune) stretches them towards --max-prune-ratio while they still fit, in its 4 attempts")
     p.add_argument("--max-accuracy-drop", type=float, default=0.01, metavar="F", help="largest top-1 loss accepted, a fraction (default 0.01: "
                    "one point); a plan that loses more is repaired with smaller ratios or rejected")
     p.add_argument("--data", metavar="SPEC", help="evaluation and fine-tuning data: digits (scikit-learn's, offline), imagefolder:DIR, npz:FILE "
@@ -278,6 +282,7 @@ def _options(args: argparse.Namespace) -> Any:
         search_budget=args.search_budget,
         max_prune_ratio=args.max_prune_ratio,
         search_finetune_steps=args.search_finetune_steps,
+        stretch=args.stretch,
         data=args.data,
         max_accuracy_drop=args.max_accuracy_drop,
         cut=tuple(t.strip() for t in args.cut.split(",") if t.strip()) if args.cut else (),

@@ -101,9 +101,12 @@ class CompileOptions:
     #: ``--planner optuna``: plans evaluated (each one measured for accuracy)
     search_budget: int = 60
     #: ``--planner rl|optuna``: the largest fraction of a group's channels a plan may remove
-    max_prune_ratio: float = 0.7
+    max_prune_ratio: float = 0.9
     #: ``--planner rl|optuna``: fine-tuning steps each candidate plan gets before its accuracy is measured
     search_finetune_steps: int = 20
+    #: ``--planner rl|optuna``: stretch the chosen ratios towards ``max_prune_ratio`` while the final accuracy check (the
+    #: full fine-tune) still passes; the search's short fine-tunes judge heavy pruning harsher than the check does
+    stretch: bool = True
 
 
 @dataclass(frozen=True)
@@ -262,12 +265,14 @@ def _tune(options: CompileOptions, split: Any, device_t: TargetSpec, edge_t: Tar
     return reports, {role: db for role, db in databases.items() if db is not None}
 
 
-def prune_stage(graph: Graph, options: CompileOptions, data: Any, say: Progress) -> tuple[Graph, dict[str, Any] | None]:
+def prune_stage(graph: Graph, options: CompileOptions, data: Any, say: Progress, *,
+                stretch_to: float | None = None) -> tuple[Graph, dict[str, Any] | None]:
     """Prune ``graph`` as ``options`` ask, held to the accuracy budget on ``data`` (or ``options.data``).
 
     ``data`` (Python API) is a ``Dataset``, a DataLoader or an evaluation
     function; ``None`` uses ``options.data``.  No data: nothing is pruned and
     the user is told why, unless ``prune_unvalidated`` says to prune anyway.
+    ``stretch_to``: stretch ratios that fit towards it (``prune_within_budget``).
     Returns the graph that ships and the accuracy report as JSON (``None``
     when no pruning was asked for).
     """
@@ -294,7 +299,7 @@ def prune_stage(graph: Graph, options: CompileOptions, data: Any, say: Progress)
             "accuracy not measured")
         return pruned, AccuracyReport("unvalidated", ratios, None, None, macs_before=graph.total_macs, macs_after=pruned.total_macs).to_json()
     shipped, report = prune_within_budget(graph, ratios, _resolve_data(graph, options, data), options.max_accuracy_drop, finetune_steps=options.finetune_steps,
-                                          finetune_time_s=options.finetune_time_s, say=lambda msg: say("prune", msg))
+                                          finetune_time_s=options.finetune_time_s, stretch_to=stretch_to, say=lambda msg: say("prune", msg))
     return shipped, report.to_json()
 
 
@@ -508,7 +513,8 @@ def compile(
 
     t = time.perf_counter()
     unpruned = graph
-    graph, accuracy = prune_stage(graph, options, data, say)
+    stretch_to = options.max_prune_ratio if rl_info is not None and options.stretch else None
+    graph, accuracy = prune_stage(graph, options, data, say, stretch_to=stretch_to)
     timings["prune"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -521,6 +527,10 @@ def compile(
 
     t = time.perf_counter()
     lat = latency_model_for(device_t, edge_t, options)
+    if rl_info is not None and accuracy and accuracy["status"] != "accepted":
+        # the check shipped other ratios than the planner chose its cut for: the fastest cut of the model that ships
+        options = dataclasses.replace(options, cut=tuple(plan_single_cut(graph, lat).chosen.cut))
+        say("plan", f"the accuracy check {accuracy['status']} the ratios; the cut is chosen again for the model that ships")
     report = choose_plan(graph, lat, options.planner, options.cut)
     if graph.total_macs != unpruned.total_macs:
         # the chosen plan carries the ratios the shipped model was pruned by; the baselines are the *unpruned* model's

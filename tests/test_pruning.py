@@ -170,3 +170,24 @@ def test_a_drop_of_exactly_the_budget_fits(digits_graph):
     _, report = prune_within_budget(graph, {"0": 0.25}, top1, 0.01)
     assert report.status == "accepted" and report.drop > 0.01 and [a["scale"] for a in report.attempts] == [1.0]
     assert within_budget(0.995 - 0.985, 0.01) and not within_budget(0.995 - 0.98, 0.01)
+
+
+def test_a_plan_that_fits_is_stretched_towards_the_cap(digits_graph):
+    """``stretch_to``: ratios that fit are scaled up (each capped) while the check still passes, by the same bisection."""
+    from cogent_compiler.accuracy import prune_within_budget
+
+    graph, _ = digits_graph
+
+    def top1(module):  # the user's evaluation: fine while the first convolution keeps 24 of its 64 channels or more
+        first = next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+        return 0.99 if first.out_channels >= 24 else 0.5
+
+    said = []
+    shipped, report = prune_within_budget(graph, {"0": 0.25, "4": 0.125}, top1, 0.01, stretch_to=0.75, say=said.append)
+    # ceiling 0.75 / 0.25 = 3: scale 1 fits, 3 (16 channels) does not, 2 (32) and 2.5 (24) do
+    assert [a["scale"] for a in report.attempts] == [1.0, 3.0, 2.0, 2.5]
+    assert report.status == "stretched" and report.ratios == pytest.approx({"0": 0.625, "4": 0.3125})
+    assert shipped.total_macs < graph.total_macs and any("stretched" in s for s in said)
+    # without stretch_to the same plan ships as asked, after one attempt
+    _, asked = prune_within_budget(graph, {"0": 0.25, "4": 0.125}, top1, 0.01)
+    assert asked.status == "accepted" and [a["scale"] for a in asked.attempts] == [1.0]

@@ -9,7 +9,11 @@ by one common factor, found by bisection (``bisect_scale``: 1/2 first, then
 halfway between the largest scale that fit and the smallest that did not),
 the model pruned afresh from the original each time, up to ``attempts``
 attempts in all; the largest scale that fit ships.  If none fits, the plan is
-*rejected* and the model stays unpruned.  Every
+*rejected* and the model stays unpruned.  With ``stretch_to`` a plan that
+fits is *stretched* the same way, upwards: scaled towards ``stretch_to``
+(each ratio capped there, ``stretch_ceiling``) while it still fits, so a
+plan found with a cheaper accuracy estimate (the learned policy's short
+fine-tunes) reaches the edge of the budget the real check allows.  Every
 attempt and its three accuracies are in the returned ``AccuracyReport``, which
 ``plan.json`` and the report show.
 """
@@ -26,7 +30,8 @@ from cogent_compiler.errors import DataError
 from cogent_compiler.ir import Graph
 from cogent_compiler.passes.prune_channels import PruneChannels
 
-__all__ = ["AccuracyReport", "EvalFn", "bisect_scale", "prune_within_budget", "uniform_ratios", "within_budget"]
+__all__ = ["AccuracyReport", "EvalFn", "bisect_scale", "prune_within_budget", "scale_ratios", "stretch_ceiling", "uniform_ratios",
+           "within_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +44,7 @@ class AccuracyReport:
     """What pruning did to accuracy.
 
     ``status``: ``accepted`` (the ratios asked for fit the budget), ``repaired``
-    (smaller ratios did), ``rejected`` (none did: the model is unpruned),
+    (smaller ratios did), ``stretched`` (larger ones did too), ``rejected`` (none did: the model is unpruned),
     ``unvalidated`` (pruned without data, as the user asked).  Accuracies are
     top-1 in [0, 1] on ``data``'s validation split, ``None`` where unmeasured.
     """
@@ -109,6 +114,24 @@ def bisect_scale(fits: Callable[[float], bool], attempts: int, top: float = 1.0)
     return best
 
 
+def stretch_ceiling(ratios: Mapping[str, float], max_ratio: float) -> float:
+    """The largest scale worth trying on ``ratios`` with each ratio capped at ``max_ratio``; 1 when nothing is pruned.
+
+    Where the largest ratio reaches the cap; when it is there already (a
+    scale that changes nothing), where the smallest pruned ratio does.
+    """
+    pruned = [r for r in ratios.values() if r > 0]
+    if not pruned:
+        return 1.0
+    peak = max(pruned)
+    return max_ratio / peak if peak < max_ratio - 1e-9 else max(max_ratio / min(pruned), 1.0)
+
+
+def scale_ratios(ratios: Mapping[str, float], k: float, max_ratio: float) -> dict[str, float]:
+    """Every ratio times ``k``; scaled up (``k`` > 1), each stops at ``max_ratio``."""
+    return {g: min(r * k, max_ratio) if k > 1.0 else r * k for g, r in ratios.items()}
+
+
 def prune_within_budget(
     graph: Graph,
     ratios: Mapping[str, float],
@@ -118,12 +141,15 @@ def prune_within_budget(
     finetune_steps: int | None = None,
     finetune_time_s: float | None = None,
     attempts: int = 4,
+    stretch_to: float | None = None,
     say: Callable[[str], None] = lambda msg: None,
 ) -> tuple[Graph, AccuracyReport]:
     """Prune ``graph`` by ``ratios`` within ``max_drop`` of top-1 on ``data``; the graph that ships and what happened.
 
     ``data`` is a ``Dataset`` (fine-tuned on its training split, measured on
     its validation split) or an ``EvalFn`` (measures only: no fine-tuning).
+    ``stretch_to`` (a ratio in (0, 1)) stretches a plan that fits towards it
+    within the same ``attempts``; ``None`` ships it as asked.
     """
     from cogent_compiler.accuracy.data import Dataset
     from cogent_compiler.accuracy.train import evaluate, finetune
@@ -150,7 +176,7 @@ def prune_within_budget(
 
     def fits(scale: float) -> bool:
         attempt = len(tried) + 1
-        current = {k: v * scale for k, v in ratios.items()}
+        current = scale_ratios(ratios, scale, stretch_to) if stretch_to is not None else {k: v * scale for k, v in ratios.items()}
         pruned = PruneChannels(current)(graph)
         acc_pruned = measure(pruned.module)
         say(f"attempt {attempt}: ratios x{scale:g}, pruned to {pruned.total_macs / max(graph.total_macs, 1):.0%} of the MACs, "
@@ -170,10 +196,13 @@ def prune_within_budget(
         found[scale] = (pruned, current, acc_pruned, acc_ft, stats)
         return True
 
-    scale = bisect_scale(fits, attempts)
+    scale = bisect_scale(fits, attempts, stretch_ceiling(ratios, stretch_to) if stretch_to is not None else 1.0)
     if scale is not None:
         pruned, current, acc_pruned, acc_ft, stats = found[scale]
-        status = "accepted" if scale == 1.0 else "repaired"
+        status = "accepted" if scale == 1.0 else "repaired" if scale < 1.0 else "stretched"
+        if status == "stretched":
+            say(f"stretched: the ratios asked for fit (top-1 drop {tried[0]['drop']:.4f}); scaled by {scale:.3g} (each at most "
+                f"{stretch_to}) they still do, losing {before - (acc_ft if acc_ft is not None else acc_pruned):.4f}")
         if status == "repaired":
             say(f"repaired: the ratios asked for lost {tried[0]['drop']:.4f} top-1 (> {max_drop}); scaled by {scale:g} they lose "
                 f"{before - (acc_ft if acc_ft is not None else acc_pruned):.4f}")

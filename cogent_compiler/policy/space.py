@@ -243,18 +243,11 @@ class PlanSpace:
         where the largest reaches it, or, when it is there already (a scale
         that changes nothing), where the smallest does.
         """
-        from cogent_compiler.accuracy.budget import bisect_scale
+        from cogent_compiler.accuracy.budget import bisect_scale, scale_ratios, stretch_ceiling
 
-        pruned = [r for r in ratios.values() if r > 0]
-        peak = max(pruned, default=0.0)
-        top = 1.0
-        if stretch and pruned:
-            top = self.max_ratio / peak if peak < self.max_ratio - 1e-9 else self.max_ratio / min(pruned)
-
-        def scaled(k: float) -> dict[str, float]:
-            return {g: min(r * k, self.max_ratio) if k > 1.0 else r * k for g, r in ratios.items()}
-        scale = bisect_scale(lambda k: self.feasible(scaled(k), c)[0], attempts, top)
-        return scaled(scale) if scale else {}
+        top = stretch_ceiling(ratios, self.max_ratio) if stretch else 1.0
+        scale = bisect_scale(lambda k: self.feasible(scale_ratios(ratios, k, self.max_ratio), c)[0], attempts, top)
+        return scale_ratios(ratios, scale, self.max_ratio) if scale else {}
 
     def feasible(self, ratios: Mapping[str, float], c: Conditions) -> tuple[bool, float | None]:
         """(within the accuracy budget, top-1); no ratios is always feasible."""
