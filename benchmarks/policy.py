@@ -258,7 +258,8 @@ def _result(args: argparse.Namespace, argv: list[str] | None, profiles: dict[str
         "command": "python benchmarks/policy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "note": "latencies are PREDICTED by the latency model on the pruned IR; accuracies are the oracle's (held-out digits after "
                 f"{args.oracle_steps} fine-tuning steps per plan)",
-        "setup": {"profiles": profiles, "max_drop": args.max_drop, "rl_steps": args.rl_steps, "rl_episodes": args.rl_episodes,
+        "setup": {"profiles": profiles, "max_drop": args.max_drop, "rl_episodes": args.rl_episodes,
+                  "rl_steps": None if args.rl_episodes else args.rl_steps,  # with rl_episodes: each case's methods.rl.steps
                   "jobs": args.jobs, "train_steps": args.train_steps,
                   "agent": "default_config(rl_steps, or rl_episodes x prune groups): TD3, warm-up min(300, max(50, rl_steps // 6)) steps, "
                            "a share of its episodes one ratio for every group, 4 gradient steps per step", "uniform_warmup": args.uniform_warmup,

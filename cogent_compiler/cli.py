@@ -405,7 +405,8 @@ def _cmd_plan(args: argparse.Namespace, say: _Progress) -> int:
         how = (f"learned policy {answer['policy']}: answered in {answer['answer_ms']:.1f} ms" if options.planner == "rl"
                else f"optuna: best of {answer['search']['evaluations']} plans measured in {answer['search']['wall_s']:.0f}s")
         print(f"{how}; {pruned} prune groups pruned "
-              f"(predicted MACs {priced.total_macs / 1e6:.1f} M of {graph.total_macs / 1e6:.1f} M; compiling prunes, fine-tunes and checks accuracy)")
+              f"(predicted MACs {priced.total_macs / 1e6:.1f} M of {graph.total_macs / 1e6:.1f} M; compiling prunes, fine-tunes and checks accuracy"
+              + (", stretching the ratios while they fit)" if options.stretch else ")"))
     return 0
 
 

@@ -298,8 +298,9 @@ def prune_stage(graph: Graph, options: CompileOptions, data: Any, say: Progress,
         say("prune", f"UNVALIDATED (--prune-unvalidated): {pruned.total_macs / max(graph.total_macs, 1):.0%} of the MACs left, "
             "accuracy not measured")
         return pruned, AccuracyReport("unvalidated", ratios, None, None, macs_before=graph.total_macs, macs_after=pruned.total_macs).to_json()
-    shipped, report = prune_within_budget(graph, ratios, _resolve_data(graph, options, data), options.max_accuracy_drop, finetune_steps=options.finetune_steps,
-                                          finetune_time_s=options.finetune_time_s, stretch_to=stretch_to, say=lambda msg: say("prune", msg))
+    shipped, report = prune_within_budget(graph, ratios, _resolve_data(graph, options, data), options.max_accuracy_drop,
+                                          finetune_steps=options.finetune_steps, finetune_time_s=options.finetune_time_s,
+                                          stretch_to=stretch_to, say=lambda msg: say("prune", msg))
     return shipped, report.to_json()
 
 

@@ -184,9 +184,10 @@ def test_a_plan_that_fits_is_stretched_towards_the_cap(digits_graph):
 
     said = []
     shipped, report = prune_within_budget(graph, {"0": 0.25, "4": 0.125}, top1, 0.01, stretch_to=0.75, say=said.append)
-    # ceiling 0.75 / 0.25 = 3: scale 1 fits, 3 (16 channels) does not, 2 (32) and 2.5 (24) do
-    assert [a["scale"] for a in report.attempts] == [1.0, 3.0, 2.0, 2.5]
-    assert report.status == "stretched" and report.ratios == pytest.approx({"0": 0.625, "4": 0.3125})
+    # ceiling 0.75 / 0.125 = 6 (every ratio at 0.75): scale 1 fits, 6 and 3.5 (16 channels left) do not, 2.25 (28) does
+    assert [a["scale"] for a in report.attempts] == [1.0, 6.0, 3.5, 2.25]
+    assert report.status == "stretched" and report.ratios == pytest.approx({"0": 0.5625, "4": 0.28125})
+    assert report.attempts[1]["ratios"] == {"0": 0.75, "4": 0.75}
     assert shipped.total_macs < graph.total_macs and any("stretched" in s for s in said)
     # without stretch_to the same plan ships as asked, after one attempt
     _, asked = prune_within_budget(graph, {"0": 0.25, "4": 0.125}, top1, 0.01)

@@ -10,8 +10,8 @@ halfway between the largest scale that fit and the smallest that did not),
 the model pruned afresh from the original each time, up to ``attempts``
 attempts in all; the largest scale that fit ships.  If none fits, the plan is
 *rejected* and the model stays unpruned.  With ``stretch_to`` a plan that
-fits is *stretched* the same way, upwards: scaled towards ``stretch_to``
-(each ratio capped there, ``stretch_ceiling``) while it still fits, so a
+fits is *stretched* the same way, upwards: scaled towards every ratio at
+``stretch_to`` (each capped there, ``stretch_ceiling``) while it still fits, so a
 plan found with a cheaper accuracy estimate (the learned policy's short
 fine-tunes) reaches the edge of the budget the real check allows.  Every
 attempt and its three accuracies are in the returned ``AccuracyReport``, which
@@ -114,17 +114,21 @@ def bisect_scale(fits: Callable[[float], bool], attempts: int, top: float = 1.0)
     return best
 
 
-def stretch_ceiling(ratios: Mapping[str, float], max_ratio: float) -> float:
+def stretch_ceiling(ratios: Mapping[str, float], max_ratio: float, *, whole: bool = False) -> float:
     """The largest scale worth trying on ``ratios`` with each ratio capped at ``max_ratio``; 1 when nothing is pruned.
 
-    Where the largest ratio reaches the cap; when it is there already (a
-    scale that changes nothing), where the smallest pruned ratio does.
+    Where the largest ratio reaches the cap, or, when it is there already
+    (a scale that changes nothing) or with ``whole``, where the smallest
+    pruned ratio does (every ratio at the cap).  The nearer ceiling keeps
+    the plan's shape and bisects it finely; ``whole`` lets a plan with
+    accuracy to spare grow all the way, for checks too costly to repeat
+    (the compile's: each attempt is a full fine-tune).
     """
     pruned = [r for r in ratios.values() if r > 0]
     if not pruned:
         return 1.0
     peak = max(pruned)
-    return max_ratio / peak if peak < max_ratio - 1e-9 else max(max_ratio / min(pruned), 1.0)
+    return max_ratio / peak if peak < max_ratio - 1e-9 and not whole else max(max_ratio / min(pruned), 1.0)
 
 
 def scale_ratios(ratios: Mapping[str, float], k: float, max_ratio: float) -> dict[str, float]:
@@ -196,7 +200,7 @@ def prune_within_budget(
         found[scale] = (pruned, current, acc_pruned, acc_ft, stats)
         return True
 
-    scale = bisect_scale(fits, attempts, stretch_ceiling(ratios, stretch_to) if stretch_to is not None else 1.0)
+    scale = bisect_scale(fits, attempts, stretch_ceiling(ratios, stretch_to, whole=True) if stretch_to is not None else 1.0)
     if scale is not None:
         pruned, current, acc_pruned, acc_ft, stats = found[scale]
         status = "accepted" if scale == 1.0 else "repaired" if scale < 1.0 else "stretched"
