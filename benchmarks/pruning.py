@@ -77,7 +77,7 @@ def run_model(name: str, args: argparse.Namespace, work: Path, say: Any) -> list
         pruned = PruneChannels({g.name: ratio for g in groups.groups})(graph)
         acc_pruned = evaluate(pruned.module, data.x_val, data.y_val)
         stats: dict[str, Any] = {"steps": 0, "seconds": 0.0}
-        if ratio > 0:
+        if pruned.module is not graph.module:  # a ratio that removes no channel leaves the model itself: never fine-tuned in place
             stats = finetune(pruned.module, data, steps=args.finetune_steps, seed=args.seed)
         acc_ft = evaluate(pruned.module, data.x_val, data.y_val)
         shipped = FoldBatchNorm()(trace(from_module(pruned.module.eval(), (torch.from_numpy(x),), name=name)))

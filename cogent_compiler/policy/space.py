@@ -163,13 +163,12 @@ class AccuracyOracle:
         if key in self.cache:
             return self.cache[key]
         t0 = time.perf_counter()
-        if key:
-            pruned = PruneChannels(dict(key))(self.graph)
-            if self.finetune_steps:
-                finetune(pruned.module, self.data, steps=self.finetune_steps)
-            module = pruned.module
-        else:
-            module = self.graph.module
+        pruned = PruneChannels(dict(key))(self.graph) if key else self.graph
+        module = pruned.module
+        # ratios too small to remove a channel (kept_channels rounds) leave the model itself: it is not fine-tuned, in place
+        # least of all -- the graph's module is the user's, shared by every later plan and the compile's own check
+        if module is not self.graph.module and self.finetune_steps:
+            finetune(module, self.data, steps=self.finetune_steps)
         acc = float(evaluate(module, self.x_val, self.y_val))
         self.cache[key] = acc
         self.evaluations += 1

@@ -431,3 +431,17 @@ def test_best_cut_skips_only_cuts_that_cannot_win(digits_space, monkeypatch):
             priced.append((bw, len(calls)))
     assert all(n <= len(space.cuts) for _, n in priced)
     assert any(n < len(space.cuts) for bw, n in priced if bw <= 5.0)  # at a slow link most cuts' transfer alone loses
+
+
+def test_the_oracle_never_fine_tunes_the_model_itself(digits_space):
+    """A plan whose ratios remove no channel (rounded to 8) is the unpruned model: measured as it is, not fine-tuned in place."""
+    from cogent_compiler.passes.prune_channels import kept_channels
+
+    data = digits_space.data
+    oracle = AccuracyOracle(digits_space.graph, data, finetune_steps=5, val_samples=200)
+    module = digits_space.graph.module
+    weights = {k: v.clone() for k, v in module.state_dict().items()}
+    a = digits_space.groups[0]
+    assert kept_channels(32, 0.1) == 32
+    assert oracle({a: 0.1}) == oracle.baseline
+    assert all(torch.equal(v, weights[k]) for k, v in module.state_dict().items())
