@@ -104,11 +104,12 @@ def test_an_evaluation_function_measures_without_fine_tuning(digits_graph):
 
 
 def test_cli_prunes_with_digits_and_refuses_bad_data(tmp_path, capsys):
-    common = ["tiny_models:tiny_cnn", "--input-shape", "1,3,16,16", "--planner", "device", "--backend", "tvm", "--no-tunedb"]
+    common = ["tiny_models:small_cnn", "--input-shape", "1,3,16,16", "--planner", "device", "--backend", "tvm", "--no-tunedb"]
     assert main([*common, "--prune", "0.5", "--data", "digits", "--finetune-steps", "20", "--max-accuracy-drop", "1",
                  "-o", str(tmp_path / "a"), "-q"]) == 0
     plan = json.loads((tmp_path / "a" / "plan.json").read_text())
     assert plan["accuracy"]["status"] == "accepted" and plan["accuracy"]["finetune"]["steps"] == 20
+    assert plan["accuracy"]["macs_after"] < plan["accuracy"]["macs_before"]
     assert plan["build"]["options"]["data"] == "digits"
     capsys.readouterr()
     npz = tmp_path / "bad.npz"
@@ -204,6 +205,8 @@ def test_ratios_that_remove_no_channel_leave_the_users_model_untouched(digits_gr
     graph, data = digits_graph
     assert kept_channels(64, 0.05) == 64
     weights = {k: v.clone() for k, v in graph.module.state_dict().items()}
-    shipped, report = prune_within_budget(graph, {"0": 0.05}, data, 0.01, finetune_steps=5)
+    said = []
+    shipped, report = prune_within_budget(graph, {"0": 0.05}, data, 0.01, finetune_steps=5, say=said.append)
     assert report.status == "accepted" and report.finetuned is None and shipped.total_macs == graph.total_macs
+    assert any("remove no channel" in s for s in said)
     assert all(torch.equal(v, weights[k]) for k, v in graph.module.state_dict().items())

@@ -187,8 +187,10 @@ def prune_within_budget(
             f"top-1 {acc_pruned:.4f}")
         stats: dict[str, Any] = {}
         acc_ft = None
-        # ratios too small to remove a channel leave ``graph`` itself, the user's model: never fine-tuned in place
-        if isinstance(data, Dataset) and pruned.module is not graph.module:
+        if pruned.module is graph.module:  # the user's model itself: never fine-tuned in place
+            say(f"attempt {attempt}: these ratios remove no channel (channels are kept in multiples of 8, groups of 8 or fewer "
+                "whole): the model is unchanged")
+        elif isinstance(data, Dataset):
             stats = finetune(pruned.module, data, steps=finetune_steps, time_s=finetune_time_s, progress=say)
             acc_ft = measure(pruned.module)
             say(f"attempt {attempt}: top-1 after fine-tuning {acc_ft:.4f} ({stats.get('steps')} steps, {stats.get('seconds', 0):.1f}s)")

@@ -79,6 +79,25 @@ def skip_unet() -> nn.Module:
     return SkipUNet().eval()
 
 
+class SmallCNN(nn.Module):
+    """A classifier wide enough to prune (32 channels; groups of 8 or fewer are never pruned)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def small_cnn() -> nn.Module:
+    """``tiny_models:small_cnn``: seeded, so every call gives the same weights."""
+    torch.manual_seed(0)
+    return SmallCNN().eval()
+
+
 def tiny_cnn() -> nn.Module:
     """The factory the tests load as ``tiny_models:tiny_cnn``; seeded so every call gives the same weights."""
     torch.manual_seed(0)
