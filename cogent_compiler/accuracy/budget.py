@@ -180,7 +180,7 @@ def prune_within_budget(
 
     def fits(scale: float) -> bool:
         attempt = len(tried) + 1
-        current = scale_ratios(ratios, scale, stretch_to) if stretch_to is not None else {k: v * scale for k, v in ratios.items()}
+        current = scale_ratios(ratios, scale, stretch_to or 1.0)  # without stretch_to no scale exceeds 1
         pruned = PruneChannels(current)(graph)
         acc_pruned = measure(pruned.module)
         say(f"attempt {attempt}: ratios x{scale:g}, pruned to {pruned.total_macs / max(graph.total_macs, 1):.0%} of the MACs, "
