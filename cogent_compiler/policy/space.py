@@ -13,6 +13,8 @@ training, so that one policy answers conditions it was not trained on.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import time
@@ -25,7 +27,7 @@ import numpy as np
 from cogent_compiler.cost.latency import ComputeCost, Latency, LatencyModel, Link
 from cogent_compiler.errors import PlanError
 from cogent_compiler.ir import Graph, Node
-from cogent_compiler.passes.partition import partition_at, single_tensor_cuts
+from cogent_compiler.passes.partition import Partition, partition_at, single_tensor_cuts
 from cogent_compiler.passes.prune_groups import PruneAnalysis
 from cogent_compiler.passes.prune_ir import kept_per_group, prune_ir
 
@@ -213,8 +215,18 @@ class PlanSpace:
     def pruned(self, ratios: Mapping[str, float]) -> Graph:
         return prune_ir(self.graph, self.analysis, kept_per_group(self.analysis, ratios))
 
+    @functools.cached_property
+    def _partitions(self) -> dict[tuple[str, ...], Partition]:
+        """Each candidate cut's partition of the unpruned graph (pruning changes shapes, never which node is on which side)."""
+        return {cut: partition_at(self.graph, cut) for cut in self.cuts}
+
+    def partition(self, graph: Graph, cut: Sequence[str]) -> Partition:
+        """``cut``'s partition of ``graph``, this space's graph or a pruning of it: a candidate's is not computed again."""
+        known = self._partitions.get(tuple(cut))
+        return dataclasses.replace(known, graph=graph) if known is not None else partition_at(graph, tuple(cut))
+
     def price(self, ratios: Mapping[str, float], cut: Sequence[str], c: Conditions) -> Latency:
-        return self.model(c).estimate(partition_at(self.pruned(ratios), tuple(cut)))
+        return self.model(c).estimate(self.partition(self.pruned(ratios), cut))
 
     def best_cut(self, ratios: Mapping[str, float], c: Conditions) -> tuple[tuple[str, ...], Latency]:
         """The fastest candidate cut for ``ratios`` under ``c`` (what the baselines pair their ratios with).
@@ -224,7 +236,7 @@ class PlanSpace:
         be larger): the compute estimates are most of the time an answer takes.
         """
         model, graph = self.model(c), self.pruned(ratios)
-        parts = [partition_at(graph, cut) for cut in self.cuts]
+        parts = [self.partition(graph, cut) for cut in self.cuts]
         best, priced = math.inf, {}
         for i in sorted(range(len(parts)), key=lambda i: not parts[i].device_only):  # device-only first: it sends nothing
             if model.transfer_ms(parts[i]) <= best:
