@@ -111,7 +111,8 @@ def run_model(name: str, args: argparse.Namespace, compute: tuple[Any, Any], say
     steps = args.rl_episodes * len(space.groups) if args.rl_episodes else args.rl_steps
     with tempfile.TemporaryDirectory(prefix="cogent-policy-") as tmp:
         cfg = dataclasses.replace(default_config(steps, seed=args.seed), uniform_warmup=args.uniform_warmup,
-                                  stretch_attempts=args.stretch_attempts, polish_attempts=args.polish_attempts)
+                                  noise_correlation=args.noise_correlation, stretch_attempts=args.stretch_attempts,
+                                  polish_attempts=args.polish_attempts)
         policy = train_policy(space, cfg, Path(tmp) / "policy.zip", ranges=ranges,
                               callback=lambda step, r: say(f"{name}: step {step}/{steps}, mean reward {r:.3f}") or True)
     train_s, train_evals = time.time() - t0, oracle.evaluations
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uniform-warmup", type=float, default=AgentConfig.uniform_warmup,
                    help=f"share of TD3's warm-up episodes that prune every group by one ratio (default {AgentConfig.uniform_warmup}; 0: "
                         "stable-baselines3's per-step random actions)")
+    p.add_argument("--noise-correlation", type=float, default=AgentConfig.noise_correlation,
+                   help="correlation of TD3's exploration noise from one group to the next "
+                        f"(default {AgentConfig.noise_correlation}; 0: independent; rl.EpisodeNoise)")
     p.add_argument("--stretch-attempts", type=int, default=AgentConfig.stretch_attempts,
                    help="measurements training spends stretching each plan within the budget towards its edge "
                         f"(default {AgentConfig.stretch_attempts}: none; PruneCutEnv)")
@@ -263,6 +267,7 @@ def _result(args: argparse.Namespace, argv: list[str] | None, profiles: dict[str
                   "jobs": args.jobs, "train_steps": args.train_steps,
                   "agent": "default_config(rl_steps, or rl_episodes x prune groups): TD3, warm-up min(300, max(50, rl_steps // 6)) steps, "
                            "a share of its episodes one ratio for every group, 4 gradient steps per step", "uniform_warmup": args.uniform_warmup,
+                  "noise_correlation": args.noise_correlation,
                   "stretch_attempts": args.stretch_attempts, "polish_attempts": args.polish_attempts,
                   "oracle_finetune_steps": args.oracle_steps, "val_samples": args.val_samples, "seed": args.seed,
                   "validate_finetune_steps": args.validate_steps,

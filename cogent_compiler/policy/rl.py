@@ -72,6 +72,8 @@ class AgentConfig:
     timesteps: int = 3000
     learning_rate: float = 1e-3
     noise_sigma: float = 0.4
+    #: correlation of the exploration noise between one group's action and the next (``EpisodeNoise``); 0: independent
+    noise_correlation: float = 0.0
     buffer_size: int = 50_000
     gamma: float = 0.99
     #: steps of random actions before learning starts (warm-up)
@@ -147,12 +149,62 @@ def _warm_up_td3() -> Any:
     return WarmUpTD3
 
 
-def _agent(env: Any, cfg: AgentConfig) -> Any:
+@functools.cache
+def _episode_noise() -> Any:
+    """Exploration noise correlated along an episode: an AR(1) process over its steps, restarted every episode.
+
+    Each step's noise is ``rho`` times the previous step's plus fresh
+    Gaussian noise scaled so that every step's spread is ``sigma``
+    (``x_t = rho x_{t-1} + sqrt(1 - rho^2) sigma e_t``).  Independent noise
+    (``rho = 0``, stable-baselines3's ``NormalActionNoise``) averages out
+    over a dozen groups: around an actor that prunes little, it explores
+    plans that prune every group a little, never a block of neighbouring
+    groups a lot.  Correlated noise drifts along the network -- early
+    layers more and late ones less, or the reverse -- the shapes in which
+    pruning's cost and gain differ (DDPG explored with correlated,
+    Ornstein-Uhlenbeck, noise for the same reason).  ``rho = 1`` is one offset
+    per episode.
+
+    Measured once (mobile_digits, seed 0, 67 episodes, the policy benchmark's
+    settings, a throwaway script): rho 0.8 answered 11.05 ms, independent
+    noise 10.39 ms, random search's best 10.17.  On that model the groups a
+    plan may prune alternate along the network (each block's expansion, not
+    its output), a shape drifting noise does not favour.  So it is off by
+    default, and ``cogentc tune`` searches it.
+    """
+    from stable_baselines3.common.noise import ActionNoise
+
+    class EpisodeNoise(ActionNoise):  # type: ignore[misc]
+        def __init__(self, sigma: float, rho: float, size: int = 1) -> None:
+            super().__init__()
+            self.sigma, self.rho, self.size = sigma, rho, size
+            self._x: np.ndarray | None = None
+
+        def __call__(self) -> np.ndarray:
+            fresh = np.random.normal(0.0, self.sigma, self.size)  # NumPy's global generator, which stable-baselines3 seeds
+            self._x = fresh if self._x is None else self.rho * self._x + np.sqrt(1.0 - self.rho ** 2) * fresh
+            return self._x.astype(np.float32)
+
+        def reset(self) -> None:
+            self._x = None
+
+        def __repr__(self) -> str:
+            return f"EpisodeNoise(sigma={self.sigma}, rho={self.rho})"
+
+    return EpisodeNoise
+
+
+def _noise(cfg: AgentConfig) -> Any:
     from stable_baselines3.common.noise import NormalActionNoise
 
-    noise = NormalActionNoise(np.zeros(1), np.full(1, cfg.noise_sigma))
+    if cfg.noise_correlation > 0:
+        return _episode_noise()(cfg.noise_sigma, cfg.noise_correlation)
+    return NormalActionNoise(np.zeros(1), np.full(1, cfg.noise_sigma))
+
+
+def _agent(env: Any, cfg: AgentConfig) -> Any:
     agent = _warm_up_td3()("MlpPolicy", env, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size, gamma=cfg.gamma,
-               learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, action_noise=noise, seed=cfg.seed,
+               learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, action_noise=_noise(cfg), seed=cfg.seed,
                gradient_steps=cfg.gradient_steps,
                policy_kwargs={"net_arch": [cfg.width, cfg.width]}, verbose=0, device="cpu")
     agent.uniform_warmup = cfg.uniform_warmup
@@ -184,6 +236,7 @@ def train_policy(space: PlanSpace, cfg: AgentConfig, out: str | Path, *, ranges:
     if ckpt.exists() and buf.exists() and meta.exists() and json.loads(meta.read_text()) == asdict(cfg):
         agent = _warm_up_td3().load(ckpt, env=env, device="cpu")
         agent.uniform_warmup = cfg.uniform_warmup
+        agent.action_noise = _noise(cfg)  # restarted as an episode starts: a checkpoint falls between episodes' ends
         agent.load_replay_buffer(buf)
         log.info("resuming training at step %d of %d", agent.num_timesteps, cfg.timesteps)
     else:

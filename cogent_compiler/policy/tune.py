@@ -47,6 +47,7 @@ def suggest_config(trial: Any, base: AgentConfig) -> AgentConfig:
         base,
         learning_rate=trial.suggest_float("learning_rate", 1e-4, 3e-3, log=True),
         noise_sigma=trial.suggest_float("noise_sigma", 0.1, 0.8),
+        noise_correlation=trial.suggest_float("noise_correlation", 0.0, 0.95),
         buffer_size=trial.suggest_categorical("buffer_size", [5_000, 20_000, 100_000]),
         gamma=trial.suggest_float("gamma", 0.9, 0.999),
         learning_starts=trial.suggest_int("learning_starts", 50, max(51, base.timesteps // 4), log=True),

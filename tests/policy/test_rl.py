@@ -248,6 +248,25 @@ def test_the_warm_up_explores_plans_that_prune_every_group_alike(tmp_path, digit
     assert sum(len(set(p.values())) > 1 for p in mixed) >= len(mixed) // 2
 
 
+def test_correlated_exploration_noise_drifts_along_an_episode_and_restarts_with_the_next():
+    """``noise_correlation`` makes neighbouring groups' noise alike, each step's spread still ``noise_sigma``; 0 is SB3's own."""
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    from cogent_compiler.policy.rl import _noise
+
+    assert isinstance(_noise(AgentConfig(noise_correlation=0.0)), NormalActionNoise)
+    np.random.seed(0)
+    noise = _noise(AgentConfig(noise_sigma=0.4, noise_correlation=0.9))
+    episodes = []
+    for _ in range(400):
+        noise.reset()
+        episodes.append([float(noise()[0]) for _ in range(12)])
+    x = np.array(episodes)
+    assert np.std(x[:, 0]) == pytest.approx(0.4, rel=0.15) and np.std(x[:, -1]) == pytest.approx(0.4, rel=0.15)
+    assert np.corrcoef(x[:, 5], x[:, 6])[0, 1] > 0.8  # neighbours alike
+    assert abs(np.corrcoef(x[:-1, -1], x[1:, 0])[0, 1]) < 0.15  # an episode's first step does not continue the last one's
+
+
 def test_training_resumes_from_its_checkpoint(tmp_path, digits_space, monkeypatch):
     space = _cut_only_space()
     cfg = AgentConfig(timesteps=300, learning_starts=50)

@@ -39,7 +39,7 @@ def test_trials_are_stored_scored_and_the_best_policy_written(tmp_path):
     study = tune_agent(_space(), storage=storage, study="s", trials=3, base=AgentConfig(timesteps=120), out=tmp_path / "best.zip",
                        ranges=ConditionRanges(bandwidth_mbps=(1.0, 50.0)))
     assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
-    assert set(study.best_params) == {"learning_rate", "noise_sigma", "buffer_size", "gamma", "learning_starts", "uniform_warmup", "width"}
+    assert set(study.best_params) == {"learning_rate", "noise_sigma", "noise_correlation", "buffer_size", "gamma", "learning_starts", "uniform_warmup", "width"}
     assert 0 < study.best_value <= 4.0
     assert LearnedPolicy.load(tmp_path / "best.zip").info["config"]["width"] == study.best_params["width"]
     # a second worker joins the same study
