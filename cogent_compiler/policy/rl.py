@@ -236,7 +236,7 @@ def train_policy(space: PlanSpace, cfg: AgentConfig, out: str | Path, *, ranges:
     if ckpt.exists() and buf.exists() and meta.exists() and json.loads(meta.read_text()) == asdict(cfg):
         agent = _warm_up_td3().load(ckpt, env=env, device="cpu")
         agent.uniform_warmup = cfg.uniform_warmup
-        agent.action_noise = _noise(cfg)  # restarted as an episode starts: a checkpoint falls between episodes' ends
+        agent.action_noise = _noise(cfg)  # the noise's state is not kept: a resumed run starts a fresh chain
         agent.load_replay_buffer(buf)
         log.info("resuming training at step %d of %d", agent.num_timesteps, cfg.timesteps)
     else:
