@@ -55,11 +55,11 @@ def test_bench_repeat_slows_a_small_device_half_that_the_quota_does_not(bundle, 
         _check(result, 5)
         assert result["conditions"]["device_sched"] == sched
         ms[sched] = {k: p["median_ms"] if sched == "repeat" else min(p["runs_ms"]) for k, p in result["plans"].items()}
-    # the device's own compute, 10x slower when repeated; the edge's is not. The quota side counts its fastest request:
-    # eager PyTorch is near the quota's 1 ms per period, so some of its requests are throttled and some are not (CI saw a
-    # median of 0.59 ms beside a p95 of 15 ms), and throttling only ever slows a request.
+    # the device's own compute, 10x slower when repeated; the edge's is not. The quota side counts its fastest request. Eager
+    # PyTorch is not compared: its ~0.4 ms per request is near the quota's 1 ms per period, so whether any of 5 requests escapes
+    # throttling is chance (CI saw a fastest of 1.13 ms beside a repeated 4.25 ms), and throttling only ever slows a request.
     assert ms["repeat"]["device_only"] >= 4 * ms["quota"]["device_only"], ms
-    assert ms["repeat"]["device_eager"] >= 4 * ms["quota"]["device_eager"], ms
+    assert ms["repeat"]["edge_only"] <= 2 * ms["quota"]["edge_only"], ms  # the device only sends the input
     assert not leftover_names()
 
 
