@@ -261,7 +261,7 @@ def train_policy(space: PlanSpace, cfg: AgentConfig, out: str | Path, *, ranges:
         agent.learn(total_timesteps=left, progress_bar=progress_bar, reset_num_timesteps=False, callback=Every())
         agent.save(ckpt)
         agent.save_replay_buffer(buf)
-    polished = polish(space, ranges.max_drop[1], cfg.polish_attempts)
+    polished = polish(space, ranges.max_drop[1], cfg.polish_attempts, seed=cfg.seed)
     if polished:
         log.info("polished the fastest measured plan to %s", {g: round(r, 3) for g, r in polished.items()})
     policy = LearnedPolicy.from_agent(agent, space, ranges, cfg, train_s=time.perf_counter() - t0)
@@ -269,27 +269,83 @@ def train_policy(space: PlanSpace, cfg: AgentConfig, out: str | Path, *, ranges:
     return policy
 
 
-def polish(space: PlanSpace, max_drop: float, attempts: int) -> dict[str, float]:
-    """The measured plan within ``max_drop`` that runs fastest on the device, stretched towards the budget's edge; {} if none.
+def polish(space: PlanSpace, max_drop: float, attempts: int, *, seed: int = 0) -> dict[str, float]:
+    """Spend ``attempts`` measurements after training on plans nearer the budget's edge; the fastest found, or {} if none fits.
 
-    Training measures plans near the edge but lands on it only by chance
-    (or, with ``stretch_attempts``, within a coarse bisection), while a
-    grid of one ratio for every group walks right up to it: on the digits
-    CNNs the uniform grid beat every plan the agent measured by 9-17 %
-    (``benchmarks/policy.py``).  So the best shape the agent found is scaled
-    up by one factor as far as the budget allows (``PlanSpace.repair``,
-    ``attempts`` measurements; each group at most ``max_ratio``).  The
-    stretched plan joins the oracle's cache, so the policy's measured plans
-    (``measured_plans``) include it.  "Fastest" is the device-only latency
-    under neutral conditions: pruning buys the most where the device computes.
+    Training measures plans near the edge but lands on it only by chance,
+    while a grid of one ratio for every group walks right up to it: on the
+    digits CNNs the uniform grid beat every plan the agent measured by
+    9-17 % (``benchmarks/policy.py``).  Two moves, half the measurements each:
+
+    * **guided** (``guided_proposal``): a classifier of "within the budget"
+      fitted to every plan the oracle measured -- which groups cost accuracy
+      and which do not, learnt from the agent's own exploration -- proposes
+      the plan it predicts fits that runs fastest on the device; the answer
+      is measured and joins the data for the next proposal;
+    * **stretch**: the fastest measured plan within the budget (the guided
+      ones included) scaled up by one factor as far as the budget allows
+      (``PlanSpace.repair``; each group at most ``max_ratio``).
+
+    Every measured plan joins the oracle's cache, so the policy's measured
+    plans (``measured_plans``) include them.  "Fastest" is the device-only
+    latency under neutral conditions: pruning buys the most where the device
+    computes.
     """
-    plans = measured_plans(space, max_drop)
-    if attempts <= 0 or not plans:
+    if attempts <= 0 or not measured_plans(space, max_drop):
         return {}
     c = Conditions(max_drop=max_drop)
     device_only = tuple(space.graph.outputs)
-    fastest = min(plans, key=lambda p: space.price(p[0], device_only, c).total_ms)[0]
-    return space.repair(fastest, c, attempts + 1, stretch=True)
+
+    def speed(plan: dict[str, float]) -> float:
+        return space.price(plan, device_only, c).total_ms
+
+    rng = np.random.default_rng(seed)
+    guided = attempts // 2
+    for _ in range(guided):
+        proposal = guided_proposal(space, max_drop, speed, rng)
+        if proposal is None:
+            break
+        space.feasible(proposal, c)
+    fastest = min(measured_plans(space, max_drop), key=lambda p: speed(p[0]))[0]
+    return space.repair(fastest, c, attempts - guided + 1, stretch=True) or fastest  # scale 1 fits: it never comes back smaller
+
+
+def guided_proposal(space: PlanSpace, max_drop: float, speed: Callable[[dict[str, float]], float], rng: np.random.Generator,
+                    candidates: int = 256) -> dict[str, float] | None:
+    """The fastest (by ``speed``) unmeasured plan that a logistic fit of the measured plans predicts within ``max_drop``; None
+    when the measurements cannot be fitted (all of one kind) or the fit predicts nothing fits.
+
+    The fit is linear in the ratios, so its boundary is a plane: each
+    candidate *shape* (random, and those of the measured plans within the
+    budget) is scaled to where it meets the plane -- as far as the fit
+    allows, each ratio at most ``max_ratio`` -- and the fastest is proposed.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    oracle, groups = space.accuracy, list(space.groups)
+    data = _measured(space)
+    fits = np.array([within_budget(drop, max_drop) for _, drop in data])
+    if oracle is None or not groups or fits.all() or not fits.any():
+        return None
+    x = np.array([[plan.get(g, 0.0) / space.max_ratio for g in groups] for plan, _ in data])
+    fit = LogisticRegression(C=10.0).fit(x, fits)
+    w, b = fit.coef_[0], float(fit.intercept_[0])
+    if b <= 0:  # the fit says even pruning nothing is over: it knows too little
+        return None
+    shapes = np.concatenate([rng.uniform(0.0, 1.0, (candidates, len(groups))), x[fits]])
+    shapes = shapes[shapes.max(axis=1) > 0]
+    shapes /= shapes.max(axis=1, keepdims=True)
+    slope = shapes @ w  # the logit along each shape is b + scale * slope: it meets 0 at -b / slope
+    scale = np.where(slope < 0, np.minimum(-b / np.where(slope < 0, slope, -1.0), 1.0), 1.0)
+    best, best_ms = None, np.inf
+    for shape, k in zip(shapes, scale, strict=True):
+        plan = dict(oracle.key({g: float(r) * k * space.max_ratio for g, r in zip(groups, shape, strict=True)}))
+        if not plan or oracle.key(plan) in oracle.cache:
+            continue
+        ms = speed(plan)
+        if ms < best_ms:
+            best, best_ms = plan, ms
+    return best
 
 
 @dataclass(frozen=True)
