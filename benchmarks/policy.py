@@ -16,7 +16,7 @@ fine-tune per plan, cached; the accuracy budget is 1 point of top-1).
 ``rl``: one TD3 policy per model, trained over ranges of bandwidth, RTT,
 edge load and device speed, then asked for each case's conditions (its
 answer: the faster of the actor's rollout and the plans it measured in
-training, the fastest of them stretched to the budget's edge at the end --
+training, those included that a climb from the fastest of them measured at the end --
 ``rl.polish``, ``--polish-attempts`` -- priced for the case -- ``LearnedPolicy.answer``; ``rl_rollout``
 is the actor's rollout alone, to show what the learning is worth, its
 shape repaired into the budget, or with ``--stretch-attempts`` also stretched, as training fits every plan --
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="measurements training spends stretching each plan within the budget towards its edge "
                         f"(default {AgentConfig.stretch_attempts}: none; PruneCutEnv)")
     p.add_argument("--polish-attempts", type=int, default=AgentConfig.polish_attempts,
-                   help="measurements after training that stretch the fastest measured plan to the budget's edge "
+                   help="measurements after training that climb from the fastest measured plan within the budget "
                         f"(default {AgentConfig.polish_attempts}; 0: none; rl.polish)")
     p.add_argument("--smoke", action="store_true", help="vgg_digits, 2 conditions, 200 training and 60 TD3 steps, 30-step checks, flags-only compute")
     p.add_argument("-o", "--output", default=str(DEFAULT_OUT))

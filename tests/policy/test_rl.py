@@ -20,7 +20,7 @@ from cogent_compiler.frontend import from_module, trace
 from cogent_compiler.passes import FoldBatchNorm, prune_groups_of
 from cogent_compiler.passes.prune_groups import PruneAnalysis
 from cogent_compiler.policy.env import PruneCutEnv
-from cogent_compiler.policy.rl import AgentConfig, LearnedPolicy, guided_proposal, measured_plans, polish, train_policy
+from cogent_compiler.policy.rl import AgentConfig, LearnedPolicy, _neighbours, measured_plans, polish, train_policy
 from cogent_compiler.policy.space import AccuracyOracle, ConditionRanges, Conditions, PlanSpace
 
 
@@ -141,28 +141,44 @@ def test_polish_spends_its_measurements_on_plans_nearer_the_budgets_edge(digits_
     assert price(polished) == min(price(p) for p in after) <= min(price(p) for p in measured)
 
 
-def test_the_guided_proposal_prunes_the_group_the_measurements_show_is_free(digits_space):
-    """Measurements (written into the oracle's cache) that say: pruning `a` past 0.3 loses the budget, pruning `b` loses nothing."""
-    oracle = AccuracyOracle(digits_space.graph, digits_space.data, finetune_steps=0, val_samples=200)
-    space = dataclasses.replace(digits_space, accuracy=oracle)
-    a, b = space.groups
-    before = oracle.evaluations  # the unpruned model's top-1
-    rng = np.random.default_rng(0)
-    for ra, rb in rng.uniform(0.0, space.max_ratio, (40, 2)):
-        plan = {a: float(ra), b: float(rb)}
-        oracle.cache[oracle.key(plan)] = oracle.baseline - (0.05 if ra > 0.3 else 0.0)
+class _Landscape(AccuracyOracle):
+    """An accuracy oracle whose answers are a rule, not a fine-tune: pruning group ``a`` past 0.3 loses 5 points, ``b`` nothing."""
+
+    def __init__(self, a: str) -> None:
+        self.a, self.grid, self.baseline, self.cache, self.evaluations = a, 0.05, 0.9, {(): 0.9}, 0
+
+    def __call__(self, ratios):
+        key = self.key(ratios)
+        if key not in self.cache:
+            self.evaluations += 1
+            self.cache[key] = self.baseline - (0.05 if dict(key).get(self.a, 0.0) > 0.3 + 1e-9 else 0.0)
+        return self.cache[key]
+
+
+def test_polish_climbs_the_group_that_costs_no_accuracy_and_not_the_one_that_does(digits_space):
+    a, b = digits_space.groups
+    space = dataclasses.replace(digits_space, accuracy=_Landscape(a))
+    space.feasible({a: 0.1, b: 0.1}, Conditions(max_drop=0.01))  # what training measured
+    best = polish(space, 0.01, 20)
+    assert space.accuracy.evaluations <= 21
+    assert best[b] >= 0.5 and best.get(a, 0.0) <= 0.3, best
     device_only = tuple(space.graph.outputs)
+    assert space.price(best, device_only, Conditions()).total_ms < space.price({a: 0.1, b: 0.1}, device_only, Conditions()).total_ms
 
-    def speed(plan):
-        return space.price(plan, device_only, Conditions()).total_ms
 
-    proposal = guided_proposal(space, 0.01, speed, np.random.default_rng(1))
-    assert proposal is not None and oracle.key(proposal) not in oracle.cache  # a plan not measured yet
-    assert proposal[b] >= space.max_ratio - 0.05 and 0.2 <= proposal.get(a, 0.0) <= 0.4, proposal
-    assert oracle.evaluations == before  # proposing measures nothing
-    # all measurements of one kind: nothing to fit
-    oracle.cache = {k: oracle.baseline for k in oracle.cache}
-    assert guided_proposal(space, 0.01, speed, np.random.default_rng(1)) is None
+def test_a_plans_neighbours_prune_one_group_more_and_maybe_another_less_and_are_new(digits_space):
+    a, b = digits_space.groups
+    space = dataclasses.replace(digits_space, accuracy=_Landscape(a))
+    plan = {a: 0.3, b: 0.65}
+    space.feasible({a: 0.35, b: 0.65}, Conditions(max_drop=0.01))
+    near = _neighbours(space, plan, np.random.default_rng(0))
+    assert near and {a: 0.35, b: 0.65} not in near
+    for p in near:
+        up = [g for g in (a, b) if p.get(g, 0.0) > plan[g] + 1e-9]
+        assert len(up) == 1 and p[up[0]] - plan[up[0]] <= 0.2 + 1e-9 and p[up[0]] <= space.max_ratio
+        assert all(plan[g] - p.get(g, 0.0) <= 0.1 + 1e-9 for g in (a, b))
+        assert dict(space.accuracy.key(p)) == p  # on the oracle's grid
+    assert any(p.get(a, 0.0) < 0.3 for p in near)  # some trade a step of one group for another
 
 
 def test_a_stretch_whose_largest_ratio_is_at_the_bound_grows_the_rest(digits_space):
