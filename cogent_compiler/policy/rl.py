@@ -300,14 +300,16 @@ def polish(space: PlanSpace, max_drop: float, attempts: int, *, seed: int = 0) -
         return space.price(plan, device_only, c).total_ms
 
     rng = np.random.default_rng(seed)
+    best = min((p for p, _ in measured_plans(space, max_drop)), key=speed)
     for _ in range(attempts):
-        best = min(measured_plans(space, max_drop), key=lambda p: speed(p[0]))[0]
         best_ms = speed(best)
         faster = [p for p in _neighbours(space, best, rng) if speed(p) < best_ms]
         if not faster:
             break
-        space.feasible(faster[rng.integers(len(faster))], c)
-    return min((p for p, _ in measured_plans(space, max_drop)), key=speed)
+        tried = faster[rng.integers(len(faster))]
+        if space.feasible(tried, c)[0]:
+            best = tried
+    return best
 
 
 def _neighbours(space: PlanSpace, plan: dict[str, float], rng: np.random.Generator, tries: int = 64) -> list[dict[str, float]]:
