@@ -291,7 +291,8 @@ def polish(space: PlanSpace, max_drop: float, attempts: int, *, seed: int = 0) -
     device-only latency under neutral conditions: pruning buys the most where
     the device computes.
     """
-    if attempts <= 0 or not measured_plans(space, max_drop):
+    plans = measured_plans(space, max_drop)
+    if attempts <= 0 or not plans:
         return {}
     c = Conditions(max_drop=max_drop)
     device_only = tuple(space.graph.outputs)
@@ -300,7 +301,7 @@ def polish(space: PlanSpace, max_drop: float, attempts: int, *, seed: int = 0) -
         return space.price(plan, device_only, c).total_ms
 
     rng = np.random.default_rng(seed)
-    best = min((p for p, _ in measured_plans(space, max_drop)), key=speed)
+    best = min((p for p, _ in plans), key=speed)
     for _ in range(attempts):
         best_ms = speed(best)
         faster = [p for p in _neighbours(space, best, rng) if speed(p) < best_ms]
